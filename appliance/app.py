@@ -1,0 +1,107 @@
+"""Composition root: builds every component from settings and owns their lifecycle.
+
+This is the only module that chooses implementations and wires them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from quart import Quart
+
+from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware, RequestContext
+from appliance.http.errors import install_error_handlers
+from appliance.http.inference import inference_blueprint
+from appliance.http.status import status_blueprint
+from appliance.runtime import Runtime
+from appliance.settings_loader import LoadedConfig
+from appliance.telemetry.logging import get_logger
+from appliance.telemetry.metrics import Metrics
+from appliance.upstream.client import BackendClient
+from appliance.upstream.forwarder import Forwarder
+
+
+@dataclass
+class AppState:
+    """Every long-lived component of one router process."""
+
+    config: LoadedConfig
+    runtime: Runtime
+    metrics: Metrics
+    backends: BackendClient
+
+    def current_runtime(self) -> Runtime:
+        return self.runtime
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltApp:
+    quart: Quart
+    asgi: ASGIApp
+    state: AppState
+
+
+def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
+    settings = config.settings
+    state = AppState(
+        config=config,
+        runtime=Runtime.from_settings(settings),
+        metrics=metrics or Metrics(),
+        backends=BackendClient(settings.backends, config.credentials),
+    )
+    app = Quart("routerctl")
+    app.config.update(
+        # Bodies are bounded and timed by EdgeMiddleware; these are a second line.
+        MAX_CONTENT_LENGTH=settings.server.max_body_bytes,
+        BODY_TIMEOUT=settings.server.body_read_timeout_s,
+        RESPONSE_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+        JSON_SORT_KEYS=False,
+    )
+    install_error_handlers(app)
+    app.register_blueprint(status_blueprint())
+    app.register_blueprint(inference_blueprint(state.current_runtime, Forwarder(state.backends)))
+
+    @app.while_serving
+    async def lifecycle() -> AsyncGenerator[None, None]:
+        await state.backends.open()
+        yield
+        await state.backends.close()
+
+    access_log = _access_logger(settings.telemetry.access_log)
+    edge = EdgeMiddleware(
+        app.asgi_app,  # type: ignore[arg-type]
+        EdgeLimits(settings.server.max_body_bytes, settings.server.body_read_timeout_s),
+        state.metrics,
+        access_log,
+    )
+    app.asgi_app = edge  # type: ignore[assignment, method-assign]
+    return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
+
+
+def _access_logger(enabled: bool) -> AccessLog:
+    log = get_logger("routerctl.access")
+
+    def skip(_context: RequestContext) -> None:
+        return None
+
+    def write(context: RequestContext) -> None:
+        log.info(
+            "request",
+            request_id=context.request_id,
+            method=context.method,
+            path=context.path,
+            status=context.status,
+            duration_ms=round(context.duration_s * 1000, 3),
+            org=context.org,
+            key_id=context.key_id,
+            model=context.model,
+            backend=context.backend,
+            stream=context.stream,
+            prompt_tokens=context.prompt_tokens,
+            completion_tokens=context.completion_tokens,
+            outcome=context.outcome,
+        )
+
+    return write if enabled else skip

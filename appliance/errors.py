@@ -1,0 +1,160 @@
+"""The error catalog: one class per error a client can see, rendered in one place.
+
+Handlers and adapters raise these; `http.errors` turns them into OpenAI's error JSON.
+Status codes are the ones OpenAI's SDKs map to exception classes, so clients retry
+exactly what is worth retrying (`retriable`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+
+class RouterError(Exception):
+    """Base of every error the router answers with."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+    retriable: ClassVar[bool] = False
+    default_message: ClassVar[str] = "The router failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.param = param
+        self.retry_after_s = retry_after_s
+        super().__init__(self.message)
+
+    def body(self) -> bytes:
+        """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+        return encode_error(self.message, self.type, self.code, self.param)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after_s)))}
+
+
+def encode_error(message: str, type_: str, code: str, param: str | None = None) -> bytes:
+    return msgspec.json.encode(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+class InvalidRequest(RouterError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+    default_message = "The request is not valid."
+
+
+class InvalidJson(InvalidRequest):
+    code = "invalid_json"
+    default_message = "The request body is not valid JSON."
+
+
+class InvalidApiKey(RouterError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    default_message = "Missing or unknown API key. Send it as 'Authorization: Bearer <key>'."
+
+
+class OrgDisabled(RouterError):
+    status = 403
+    type = "invalid_request_error"
+    code = "organization_disabled"
+    default_message = "The organization of this API key is disabled."
+
+
+class KeyDisabled(RouterError):
+    status = 403
+    type = "invalid_request_error"
+    code = "api_key_disabled"
+    default_message = "This API key is disabled."
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    default_message = "No such route."
+
+
+class ModelNotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    default_message = "The model does not exist or you do not have access to it."
+
+
+class MethodNotAllowed(RouterError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    default_message = "This method is not allowed on this route."
+
+
+class RequestTimeout(RouterError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    default_message = "The request body arrived too slowly."
+
+
+class PayloadTooLarge(RouterError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    default_message = "The request body is larger than the router accepts."
+
+
+class InternalError(RouterError):
+    """Anything unexpected: the message never carries the exception's text."""
+
+    retriable = True
+
+
+class UpstreamError(RouterError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+    retriable = True
+    default_message = "The backend answered with an error."
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_connect_error"
+    default_message = "Could not connect to a backend for this model."
+
+
+class UpstreamStreamBroken(UpstreamError):
+    code = "upstream_stream_broken"
+    default_message = "The backend stopped in the middle of the response."
+
+
+class UpstreamTimeout(RouterError):
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"
+    retriable = True
+    default_message = "The backend did not answer in time."
+
+
+def catalog() -> list[type[RouterError]]:
+    """Every concrete error class, for docs and tests (found from the subclasses, not by hand)."""
+    found: list[type[RouterError]] = []
+    pending: list[type[RouterError]] = list(RouterError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return sorted(found, key=lambda c: (c.status, c.code))

@@ -1,0 +1,182 @@
+"""ASGI middleware at the edge: request id, body size and read deadline, metrics, access log.
+
+hypercorn does not limit ASGI request bodies nor time their arrival, so the body is read
+here, bounded in size and time, before Quart sees the request. Quart then gets the buffered
+body in one message; later `receive()` calls go to the server so disconnects still arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, RouterError
+from appliance.telemetry.metrics import Metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+AccessLog = Callable[["RequestContext"], None]
+
+CONTEXT_KEY = "routerctl.context"
+_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one request did, filled in along the way and logged once at its end."""
+
+    request_id: str
+    method: str
+    path: str
+    status: int = 0
+    duration_s: float = 0.0
+    org: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    stream: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    outcome: str = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    max_body_bytes: int
+    body_read_timeout_s: float
+
+
+def request_context(scope: Mapping[str, object]) -> RequestContext:
+    """The context EdgeMiddleware put in this request's scope."""
+    context = scope[CONTEXT_KEY]
+    assert isinstance(context, RequestContext)
+    return context
+
+
+class EdgeMiddleware:
+    def __init__(
+        self, app: ASGIApp, limits: EdgeLimits, metrics: Metrics, access_log: AccessLog
+    ) -> None:
+        self._app = app
+        self._limits = limits
+        self._metrics = metrics
+        self._access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope["headers"])
+        context = RequestContext(request_id, scope["method"], scope["path"])
+        scope[CONTEXT_KEY] = context
+        rid_header = (b"x-request-id", request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                context.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._finish(context, started)
+
+        try:
+            if scope["method"] in _BODY_METHODS:
+                body = await self._read_body(scope, receive)
+                if body is None:
+                    return  # the client left before sending its body; nobody to answer
+                receive = _replay(body, receive)
+            await self._app(scope, receive, send_with_id)
+        except RouterError as error:
+            context.outcome = error.code
+            await _send_error(send_with_id, error)
+        finally:
+            if context.duration_s == 0.0:
+                # The response never completed (client gone, task cancelled): still count it.
+                self._finish(context, started, default_outcome="client_disconnected")
+
+    def _finish(self, context: RequestContext, started: float, default_outcome: str = "") -> None:
+        context.duration_s = time.perf_counter() - started or 1e-9
+        if default_outcome and context.outcome == "ok":
+            context.outcome = default_outcome
+        self._metrics.observe_request(
+            context.path, context.method, context.status or 499, context.duration_s
+        )
+        self._access_log(context)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        limit = self._limits.max_body_bytes
+        declared = _content_length(scope["headers"])
+        if declared is not None and declared > limit:
+            raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}.")
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._limits.body_read_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk: bytes = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self._limits.body_read_timeout_s:g} s."
+            ) from None
+        return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_error(send: Send, error: RouterError) -> None:
+    body = error.body()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.encode(), v.encode()) for k, v in error.headers().items()),
+    ]
+    if error.status in (408, 413):
+        headers.append((b"connection", b"close"))  # the unread body makes the connection unusable
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id" and _SANE_REQUEST_ID.match(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise InvalidRequest("The Content-Length header is not a number.")
+            return int(value)
+    return None

@@ -1,0 +1,53 @@
+"""The one place errors become HTTP responses, in OpenAI's shape."""
+
+from __future__ import annotations
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from appliance.errors import (
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    RouterError,
+)
+from appliance.http.edge import request_context
+from appliance.telemetry.logging import get_logger
+
+_log = get_logger("routerctl.http")
+_BY_STATUS: dict[int, type[RouterError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+}
+
+
+def render(error: RouterError) -> Response:
+    request_context(request.scope).outcome = error.code
+    return Response(
+        error.body(),
+        status=error.status,
+        headers=error.headers(),
+        content_type="application/json",
+    )
+
+
+def install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(RouterError)
+    async def _router_error(error: RouterError) -> Response:
+        return render(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        cls = _BY_STATUS.get(error.code or 500, InternalError)
+        return render(cls())
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        # The client gets a generic message: exception text may carry internals or secrets.
+        _log.error(
+            "unhandled_error",
+            request_id=request_context(request.scope).request_id,
+            error_type=type(error).__name__,
+            exc_info=error,
+        )
+        return render(InternalError())

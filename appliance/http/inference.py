@@ -1,0 +1,91 @@
+"""Public OpenAI-compatible routes: authenticate, check, pick a backend, forward, relay."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import msgspec
+from quart import Blueprint, Response, request
+
+from appliance.errors import ModelNotFound
+from appliance.http.edge import RequestContext, request_context
+from appliance.routing.selection import pick_weighted
+from appliance.runtime import Runtime
+from appliance.upstream.forwarder import Forwarder
+from appliance.upstream.payload import Endpoint, parse_request
+from appliance.upstream.usage import Usage
+
+_JSON = "application/json"
+# Streams must not be buffered by the router or by proxies in front of it.
+_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def inference_blueprint(get_runtime: Callable[[], Runtime], forwarder: Forwarder) -> Blueprint:
+    bp = Blueprint("inference", __name__)
+    rng = random.Random()
+
+    async def handle(endpoint: Endpoint) -> Response:
+        runtime = get_runtime()
+        context = request_context(request.scope)
+        principal = runtime.keyring.resolve(request.headers.get("authorization"))
+        context.org, context.key_id = principal.org_id, principal.key_id
+        parsed = parse_request(endpoint, await request.get_data(False, False, False))
+        context.model, context.stream = parsed.model, parsed.stream
+        route = runtime.routes.get(parsed.model)
+        if route is None or not principal.may_use(parsed.model):
+            raise ModelNotFound(
+                f"The model '{parsed.model}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        target = pick_weighted(route.targets, rng)
+        context.backend = target.backend_id
+        relayed = await forwarder.forward(
+            parsed, target, context.request_id, _usage_recorder(context)
+        )
+        if relayed.stream is None:
+            return Response(relayed.body, status=relayed.status, content_type=relayed.content_type)
+        response = Response(
+            relayed.stream,
+            status=relayed.status,
+            content_type=relayed.content_type,
+            headers=_STREAM_HEADERS,
+        )
+        response.timeout = None  # streams last as long as the backend's total timeout allows
+        return response
+
+    @bp.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        return await handle(Endpoint.CHAT)
+
+    @bp.post("/v1/completions")
+    async def completions() -> Response:
+        return await handle(Endpoint.COMPLETIONS)
+
+    @bp.post("/v1/embeddings")
+    async def embeddings() -> Response:
+        return await handle(Endpoint.EMBEDDINGS)
+
+    @bp.get("/v1/models")
+    async def models() -> Response:
+        runtime = get_runtime()
+        principal = runtime.keyring.resolve(request.headers.get("authorization"))
+        request_context(request.scope).org = principal.org_id
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "routerctl"}
+            for name in runtime.routes.names()
+            if principal.may_use(name)
+        ]
+        return Response(msgspec.json.encode({"object": "list", "data": data}), content_type=_JSON)
+
+    return bp
+
+
+def _usage_recorder(context: RequestContext) -> Callable[[Usage | None, str], None]:
+    def record(usage: Usage | None, outcome: str) -> None:
+        context.outcome = outcome
+        if usage is not None:
+            context.prompt_tokens = usage.prompt_tokens
+            context.completion_tokens = usage.completion_tokens
+
+    return record

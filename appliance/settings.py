@@ -1,0 +1,214 @@
+"""The TOML schema: immutable msgspec Structs with a default for every setting.
+
+Loading, line-precise errors and environment lookups live in `settings_loader`; this
+module only says what a valid configuration is.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+HeaderName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9-]{1,128}$")]
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every section: immutable, and a typo in a key is an error, never ignored."""
+
+
+class ServerSettings(_Section, frozen=True):
+    listen: str = "127.0.0.1:8080"
+    metrics_listen: str = "127.0.0.1:9090"  # "" turns the metrics listener off
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+    body_read_timeout_s: PositiveFloat = 30.0
+    max_header_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024)] = 16 * 1024
+    keep_alive_timeout_s: PositiveFloat = 75.0
+    keep_alive_max_requests: Annotated[int, Meta(ge=1)] = 10_000
+    graceful_shutdown_s: NonNegFloat = 30.0
+
+
+class StateSettings(_Section, frozen=True):
+    dir: str = "./routerctl-state"
+    redis_url: str = ""
+    redis_failure_mode: Literal["open", "closed"] = "open"
+
+
+class AdminToken(_Section, frozen=True):
+    id: Identifier
+    sha256: Sha256Hex
+    role: Literal["viewer", "operator"] = "viewer"
+
+
+class AdminSettings(_Section, frozen=True):
+    tokens: tuple[AdminToken, ...] = ()
+
+
+class TelemetrySettings(_Section, frozen=True):
+    service_name: str = "routerctl"
+    otlp_endpoint: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    access_log: bool = True
+
+
+class Backend(_Section, frozen=True):
+    id: Identifier
+    url: str  # base URL including the API prefix, e.g. "http://10.0.0.5:8000/v1"
+    api_key_env: EnvName | None = None  # sent as "Authorization: Bearer $VALUE"
+    headers: dict[HeaderName, str] = {}  # non-secret extra headers
+    secret_headers: dict[HeaderName, EnvName] = {}  # header name -> env var holding its value
+    weight: NonNegFloat = 1.0
+    health_path: str = "/health"
+    connect_timeout_s: PositiveFloat = 2.0
+    ttfb_timeout_s: PositiveFloat = 60.0
+    total_timeout_s: PositiveFloat = 600.0
+    max_concurrency: NonNegInt = 0  # 0 = unlimited
+
+
+class ModelRoute(_Section, frozen=True):
+    backend: Identifier
+    upstream_model: str = ""  # "" = the client's model name unchanged
+    weight: NonNegFloat | None = None  # None = the backend's weight
+
+
+class Model(_Section, frozen=True):
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
+    backends: tuple[ModelRoute, ...]
+    strategy: Literal["weighted", "least_loaded"] = "weighted"
+    input_price_per_1k: NonNegFloat = 0.0
+    output_price_per_1k: NonNegFloat = 0.0
+
+
+class Org(_Section, frozen=True):
+    id: Identifier
+    disabled: bool = False
+    rpm: NonNegInt = 0  # 0 = unlimited
+    tpm: NonNegInt = 0
+    monthly_budget_usd: NonNegFloat = 0.0  # 0 = no budget
+    models: tuple[str, ...] = ()  # () = every model
+
+
+class ApiKey(_Section, frozen=True):
+    id: Identifier
+    org: Identifier
+    sha256: Sha256Hex
+    disabled: bool = False
+    rpm: NonNegInt = 0
+    tpm: NonNegInt = 0
+    models: tuple[str, ...] = ()  # () = every model the org may use
+
+
+class Settings(_Section, frozen=True):
+    server: ServerSettings = ServerSettings()
+    state: StateSettings = StateSettings()
+    admin: AdminSettings = AdminSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    backends: tuple[Backend, ...] = ()
+    models: tuple[Model, ...] = ()
+    orgs: tuple[Org, ...] = ()
+    keys: tuple[ApiKey, ...] = ()
+
+
+Problem = tuple[tuple[str | int, ...], str]
+"""A key path inside the document and what is wrong there."""
+
+
+def semantic_problems(settings: Settings) -> list[Problem]:
+    """Cross-references and values a type cannot express, one problem per finding."""
+    problems: list[Problem] = []
+    problems += _address_problems(settings.server)
+    problems += _duplicates("backends", "id", [b.id for b in settings.backends])
+    problems += _duplicates("models", "name", [m.name for m in settings.models])
+    problems += _duplicates("orgs", "id", [o.id for o in settings.orgs])
+    problems += _duplicates("keys", "id", [k.id for k in settings.keys])
+    problems += _duplicates("keys", "sha256", [k.sha256 for k in settings.keys])
+    problems += _duplicates("admin.tokens", "id", [t.id for t in settings.admin.tokens])
+    problems += _backend_problems(settings)
+    problems += _reference_problems(settings)
+    return problems
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'host:port' (IPv6 as '[::1]:8080') -> (host, port); ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return host.strip("[]"), port
+
+
+def _backend_problems(settings: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, backend in enumerate(settings.backends):
+        if not backend.url.startswith(("http://", "https://")):
+            problems.append((("backends", i, "url"), "must start with http:// or https://"))
+        if not backend.health_path.startswith("/"):
+            problems.append((("backends", i, "health_path"), "must start with '/'"))
+    return problems
+
+
+def _reference_problems(settings: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    backend_ids = {b.id for b in settings.backends}
+    model_names = {m.name for m in settings.models}
+    for i, model in enumerate(settings.models):
+        if not model.backends:
+            problems.append((("models", i, "backends"), "a model needs at least one backend"))
+        for j, route in enumerate(model.backends):
+            if route.backend not in backend_ids:
+                where = ("models", i, "backends", j, "backend")
+                problems.append((where, f"unknown backend {route.backend!r}"))
+    org_ids = {o.id for o in settings.orgs}
+    for i, org in enumerate(settings.orgs):
+        problems += _unknown_models(("orgs", i, "models"), org.models, model_names)
+    for i, key in enumerate(settings.keys):
+        if key.org not in org_ids:
+            problems.append((("keys", i, "org"), f"unknown org {key.org!r}"))
+        problems += _unknown_models(("keys", i, "models"), key.models, model_names)
+    return problems
+
+
+def _address_problems(server: ServerSettings) -> list[Problem]:
+    problems: list[Problem] = []
+    for name in ("listen", "metrics_listen"):
+        value = getattr(server, name)
+        if name == "metrics_listen" and value == "":
+            continue
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            problems.append((("server", name), str(exc)))
+    return problems
+
+
+def _duplicates(section: str, field: str, values: list[str]) -> list[Problem]:
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    path = tuple(section.split("."))
+    for i, value in enumerate(values):
+        if value in seen:
+            problems.append(((*path, i, field), f"duplicate {field} {value!r}"))
+        seen.add(value)
+    return problems
+
+
+def _unknown_models(
+    path: tuple[str | int, ...], names: tuple[str, ...], known: set[str]
+) -> list[Problem]:
+    return [((*path, j), f"unknown model {n!r}") for j, n in enumerate(names) if n not in known]
+
+
+def to_builtins(settings: Settings) -> object:
+    """Plain data (for `config show` and the demo), the inverse of loading."""
+    return msgspec.to_builtins(settings)

@@ -1,0 +1,149 @@
+"""The backend client: one pooled aiohttp session, timeouts, and errors translated at the edge.
+
+No aiohttp exception leaves this module: callers see `RouterError` subclasses only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from appliance.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStreamBroken,
+    UpstreamTimeout,
+)
+from appliance.settings import Backend
+from appliance.settings_loader import BackendCredentials
+
+# Connections kept per backend between requests; bursts beyond it open new ones.
+_POOL_LIMIT = 1024
+_KEEPALIVE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _BackendEndpoint:
+    backend: Backend
+    base_url: str
+    headers: Mapping[str, str]
+
+
+class UpstreamResponse:
+    """A backend's answer whose body is read once, either whole or chunk by chunk."""
+
+    __slots__ = ("_response", "backend_id", "content_type", "status")
+
+    def __init__(self, backend_id: str, response: aiohttp.ClientResponse) -> None:
+        self.backend_id = backend_id
+        self._response = response
+        self.status = response.status
+        self.content_type = response.headers.get("content-type", "application/json")
+
+    @property
+    def is_event_stream(self) -> bool:
+        return self.content_type.startswith("text/event-stream")
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+        except aiohttp.ClientError:
+            raise UpstreamStreamBroken() from None
+        finally:
+            self._response.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; the connection is dropped if the reader stops early."""
+        completed = False
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+            completed = True
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+        except aiohttp.ClientError:
+            raise UpstreamStreamBroken() from None
+        finally:
+            if completed:
+                self._response.release()
+            else:
+                # Closing (not releasing) tells the backend to stop generating.
+                self._response.close()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class BackendClient:
+    """Sends request bodies to configured backends over one pooled session."""
+
+    def __init__(
+        self, backends: tuple[Backend, ...], credentials: Mapping[str, BackendCredentials]
+    ) -> None:
+        self._endpoints = {
+            b.id: _BackendEndpoint(
+                backend=b,
+                base_url=b.url.rstrip("/"),
+                headers={
+                    "content-type": "application/json",
+                    "accept-encoding": "identity",
+                    **{k.lower(): v for k, v in b.headers.items()},
+                    **credentials[b.id].headers,
+                },
+            )
+            for b in backends
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=_POOL_LIMIT,
+            limit_per_host=0,
+            keepalive_timeout=_KEEPALIVE_S,
+            ttl_dns_cache=60,
+        )
+        # Timeouts are per request (per backend); the session has none of its own.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(
+        self, backend_id: str, path: str, body: bytes, request_id: str
+    ) -> UpstreamResponse:
+        """POST `body` to `{backend.url}/{path}`; returns once response headers arrive."""
+        if self._session is None:
+            raise UpstreamError("The backend client is not open.")
+        endpoint = self._endpoints[backend_id]
+        backend = endpoint.backend
+        timeout = aiohttp.ClientTimeout(
+            total=backend.total_timeout_s, sock_connect=backend.connect_timeout_s
+        )
+        headers = {**endpoint.headers, "x-request-id": request_id}
+        url = f"{endpoint.base_url}/{path}"
+        try:
+            async with asyncio.timeout(backend.ttfb_timeout_s):
+                response = await self._session.post(
+                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                )
+        except aiohttp.ClientConnectorError:
+            raise UpstreamConnectError() from None
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamConnectError("Connecting to a backend timed out.") from None
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+        except aiohttp.ClientError:
+            raise UpstreamError("The backend closed the connection without answering.") from None
+        return UpstreamResponse(backend_id, response)

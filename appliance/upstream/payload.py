@@ -1,0 +1,123 @@
+"""Parse and check an inference request body, and render it for a backend (pure).
+
+The body is relayed as the client sent it; only `model` is rewritten. Checks cover what the
+router itself relies on (model, stream, the endpoint's required input) so a bad request is
+answered 400 here with the offending `param`, not by a backend.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from appliance.errors import InvalidJson, InvalidRequest
+
+
+class Endpoint(enum.Enum):
+    CHAT = "chat/completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+    @property
+    def streams(self) -> bool:
+        return self is not Endpoint.EMBEDDINGS
+
+
+# The input each endpoint cannot do without, and the JSON types it may take.
+_REQUIRED_INPUT: dict[Endpoint, tuple[str, tuple[type, ...]]] = {
+    Endpoint.CHAT: ("messages", (list,)),
+    Endpoint.COMPLETIONS: ("prompt", (str, list)),
+    Endpoint.EMBEDDINGS: ("input", (str, list)),
+}
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    endpoint: Endpoint
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    payload: dict[str, Any]
+
+
+def parse_request(endpoint: Endpoint, body: bytes) -> InferenceRequest:
+    """Decode and check a request body; raises InvalidRequest naming the bad `param`."""
+    if not body.strip():
+        raise InvalidJson("The request body is empty; send a JSON object.")
+    try:
+        payload = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidJson(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    _check_input(endpoint, payload)
+    stream = _optional(payload, "stream", bool) or False
+    if stream and not endpoint.streams:
+        raise InvalidRequest("This endpoint does not stream.", param="stream")
+    options = _optional(payload, "stream_options", dict)
+    include_usage = bool(options and options.get("include_usage") is True)
+    if options is not None and not stream:
+        raise InvalidRequest("'stream_options' needs 'stream': true.", param="stream_options")
+    max_tokens = _max_tokens(payload)
+    return InferenceRequest(endpoint, model, stream, include_usage, max_tokens, payload)
+
+
+def render_upstream(request: InferenceRequest, upstream_model: str) -> bytes:
+    """The body for a backend: the client's body with the backend's model name."""
+    if upstream_model == request.model:
+        return _encoder.encode(request.payload)
+    return _encoder.encode({**request.payload, "model": upstream_model})
+
+
+def _check_input(endpoint: Endpoint, payload: dict[str, Any]) -> None:
+    name, types = _REQUIRED_INPUT[endpoint]
+    value = payload.get(name)
+    if value is None:
+        raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
+    if not isinstance(value, types):
+        kinds = " or ".join("an array" if t is list else "a string" for t in types)
+        raise InvalidRequest(f"'{name}' must be {kinds}.", param=name)
+    if isinstance(value, list) and endpoint is Endpoint.CHAT:
+        _check_messages(value)
+
+
+def _check_messages(messages: list[Any]) -> None:
+    if not messages:
+        raise InvalidRequest("'messages' must not be empty.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest("Each message must be an object.", param=f"messages[{i}]")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise InvalidRequest("Each message needs a string 'role'.", param=f"messages[{i}].role")
+
+
+def _max_tokens(payload: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+        return value
+    return None
+
+
+def _optional(payload: dict[str, Any], name: str, kind: type) -> Any:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, kind):
+        expected = {bool: "a boolean", dict: "an object"}.get(kind, kind.__name__)
+        raise InvalidRequest(f"'{name}' must be {expected}.", param=name)
+    return value

@@ -1,0 +1,73 @@
+"""Relay a backend's answer to the client unchanged: whole JSON, or SSE chunk by chunk.
+
+A stream that breaks after the first byte cannot become an HTTP error any more, so it ends
+with one SSE event in OpenAI's error shape; SDKs raise it instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from appliance.errors import RouterError, UpstreamError, UpstreamStreamBroken
+from appliance.upstream.client import UpstreamResponse
+from appliance.upstream.usage import StreamScanner, Usage, usage_from_json
+
+# Called once per relayed answer with the usage seen and an outcome: "ok", an error code,
+# or "client_disconnected".
+UsageCallback = Callable[[Usage | None, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """What to answer the client: either `body` or `stream` is set."""
+
+    status: int
+    content_type: str
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+async def relay_whole(upstream: UpstreamResponse, on_done: UsageCallback) -> Relayed:
+    """Read the full answer; backend 5xx become our 502, 2xx/4xx pass through unchanged."""
+    body = await upstream.read()
+    if upstream.status >= 500:
+        raise UpstreamError(f"The backend answered HTTP {upstream.status}.")
+    ok = upstream.status < 300
+    on_done(usage_from_json(body) if ok else None, "ok" if ok else f"http_{upstream.status}")
+    return Relayed(status=upstream.status, content_type=upstream.content_type, body=body)
+
+
+def relay_stream(upstream: UpstreamResponse, on_done: UsageCallback) -> Relayed:
+    return Relayed(
+        status=upstream.status,
+        content_type=upstream.content_type,
+        stream=_stream(upstream, on_done),
+    )
+
+
+async def _stream(upstream: UpstreamResponse, on_done: UsageCallback) -> AsyncIterator[bytes]:
+    scanner = StreamScanner()
+    failure: RouterError | None = None
+    try:
+        async for chunk in upstream.chunks():
+            scanner.feed(chunk)
+            yield chunk
+        scanner.finish()
+        if not scanner.done:
+            failure = UpstreamStreamBroken("The backend ended the stream without [DONE].")
+    except RouterError as exc:
+        failure = exc
+    except (asyncio.CancelledError, GeneratorExit):
+        on_done(scanner.usage, "client_disconnected")
+        raise
+    finally:
+        upstream.close()
+    on_done(scanner.usage, "ok" if failure is None else failure.code)
+    if failure is not None:
+        yield error_event(failure)
+
+
+def error_event(error: RouterError) -> bytes:
+    return b"data: " + error.body() + b"\n\n"

@@ -1,0 +1,1 @@
+"""routerctl: the command line of the router appliance."""

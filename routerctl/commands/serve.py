@@ -1,0 +1,106 @@
+"""`routerctl serve`: run the router from a config file, or the built-in demo."""
+
+from __future__ import annotations
+
+import errno
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+
+from appliance.demo import DEMO_KEY, DEMO_MODEL, start_demo
+from appliance.server import ConfigSource, run
+from appliance.settings import ServerSettings, parse_listen
+from appliance.settings_loader import ConfigError, LoadedConfig, load_file
+from routerctl.commands.output import fail, fail_lines
+
+
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="ROUTERCTL_CONFIG", help="The TOML config file."),
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Run with two in-process mock backends.")
+    ] = False,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="Override server.listen (HOST:PORT).")
+    ] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option("--metrics-listen", help="Override server.metrics_listen ('' = off)."),
+    ] = None,
+) -> None:
+    """Run the router until SIGTERM/SIGINT, then drain in-flight requests and exit 0."""
+    if demo == (config is not None):
+        fail("pass exactly one of --config FILE or --demo", code=2)
+    for name, value in (("--listen", listen), ("--metrics-listen", metrics_listen or None)):
+        _check_listen(name, value)
+    if config is not None:
+        source, on_started = _file_source(config, listen, metrics_listen), None
+    else:
+        source, on_started = _demo_source(listen, metrics_listen), _demo_banner
+    try:
+        code = run(source, on_started)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"cannot listen: address already in use ({exc.strerror})")
+        raise
+    raise typer.Exit(code)
+
+
+def _check_listen(option: str, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        fail(f"{option}: {exc}", code=2)
+
+
+def _file_source(path: Path, listen: str | None, metrics_listen: str | None) -> ConfigSource:
+    try:
+        loaded = _override(load_file(path), listen, metrics_listen)
+    except ConfigError as exc:
+        fail_lines(exc.problems)
+
+    async def from_file(_: AsyncExitStack) -> LoadedConfig:
+        return loaded
+
+    return from_file
+
+
+def _demo_source(listen: str | None, metrics_listen: str | None) -> ConfigSource:
+    async def from_demo(stack: AsyncExitStack) -> LoadedConfig:
+        metrics = "127.0.0.1:9090" if metrics_listen is None else metrics_listen
+        return await start_demo(stack, listen or "127.0.0.1:8080", metrics)
+
+    return from_demo
+
+
+def _override(loaded: LoadedConfig, listen: str | None, metrics_listen: str | None) -> LoadedConfig:
+    server = loaded.settings.server
+    changes = {
+        k: v for k, v in (("listen", listen), ("metrics_listen", metrics_listen)) if v is not None
+    }
+    if not changes:
+        return loaded
+    settings = msgspec.structs.replace(
+        loaded.settings, server=msgspec.structs.replace(server, **changes)
+    )
+    return LoadedConfig(settings, loaded.credentials, loaded.source)
+
+
+def _demo_banner(loaded: LoadedConfig) -> None:
+    server: ServerSettings = loaded.settings.server
+    url = f"http://{server.listen}/v1"
+    typer.echo(
+        f"routerctl demo: serving model '{DEMO_MODEL}' on {url}\n"
+        f"  demo API key: {DEMO_KEY}\n"
+        f"  try: curl {url}/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' "
+        f"-H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{DEMO_MODEL}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',
+        err=False,
+    )

@@ -1,0 +1,85 @@
+"""Request parsing: what is rejected with which param, and the upstream rewrite."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from appliance.errors import InvalidJson, InvalidRequest
+from appliance.upstream.payload import Endpoint, parse_request, render_upstream
+
+CHAT = Endpoint.CHAT
+
+
+def body(**fields: object) -> bytes:
+    return msgspec.json.encode(fields)
+
+
+def test_parses_chat_request() -> None:
+    """A valid chat body gives model, stream flags and max_tokens."""
+    parsed = parse_request(
+        CHAT,
+        body(
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=5,
+        ),
+    )
+    assert (parsed.model, parsed.stream, parsed.include_usage, parsed.max_tokens) == (
+        "m", True, True, 5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "raw", "param"),
+    [
+        (CHAT, body(messages=[{"role": "user"}]), "model"),
+        (CHAT, body(model=3, messages=[{"role": "user"}]), "model"),
+        (CHAT, body(model=""), "model"),
+        (CHAT, body(model="m"), "messages"),
+        (CHAT, body(model="m", messages="hi"), "messages"),
+        (CHAT, body(model="m", messages=[]), "messages"),
+        (CHAT, body(model="m", messages=["hi"]), "messages[0]"),
+        (CHAT, body(model="m", messages=[{"content": "x"}]), "messages[0].role"),
+        (CHAT, body(model="m", messages=[{"role": "u"}], stream="yes"), "stream"),
+        (CHAT, body(model="m", messages=[{"role": "u"}], max_tokens=0), "max_tokens"),
+        (CHAT, body(model="m", messages=[{"role": "u"}], max_tokens=True), "max_tokens"),
+        (CHAT, body(model="m", messages=[{"role": "u"}], stream_options={}), "stream_options"),
+        (Endpoint.COMPLETIONS, body(model="m"), "prompt"),
+        (Endpoint.COMPLETIONS, body(model="m", prompt=5), "prompt"),
+        (Endpoint.EMBEDDINGS, body(model="m"), "input"),
+        (Endpoint.EMBEDDINGS, body(model="m", input="x", stream=True), "stream"),
+    ],
+)
+def test_rejects_with_param(endpoint: Endpoint, raw: bytes, param: str) -> None:
+    """Each kind of bad body is a 400 naming the offending parameter."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(endpoint, raw)
+    assert caught.value.param == param
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"{", b"nope", b'{"model": "m",}'])
+def test_rejects_malformed_json(raw: bytes) -> None:
+    """Bodies that are not JSON are 400 invalid_json."""
+    with pytest.raises(InvalidJson):
+        parse_request(CHAT, raw)
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"3", b'"s"'])
+def test_rejects_non_object(raw: bytes) -> None:
+    """JSON that is not an object is 400."""
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        parse_request(CHAT, raw)
+
+
+def test_render_rewrites_only_model() -> None:
+    """The upstream body is the client's body with the backend's model name."""
+    parsed = parse_request(
+        CHAT, body(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.5)
+    )
+    out = msgspec.json.decode(render_upstream(parsed, "llama-3"))
+    assert out == {"model": "llama-3", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5}
+    assert msgspec.json.decode(render_upstream(parsed, "m"))["model"] == "m"
