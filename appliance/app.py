@@ -72,7 +72,11 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     access_log = _access_logger(settings.telemetry.access_log)
     edge = EdgeMiddleware(
         app.asgi_app,  # type: ignore[arg-type]
-        EdgeLimits(settings.server.max_body_bytes, settings.server.body_read_timeout_s),
+        EdgeLimits(
+            max_body_bytes=settings.server.max_body_bytes,
+            body_read_timeout_s=settings.server.body_read_timeout_s,
+            max_header_bytes=settings.server.max_header_bytes,
+        ),
         state.metrics,
         access_log,
     )

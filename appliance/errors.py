@@ -117,6 +117,13 @@ class PayloadTooLarge(RouterError):
     default_message = "The request body is larger than the router accepts."
 
 
+class HeadersTooLarge(RouterError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+    default_message = "The request headers are larger than the router accepts."
+
+
 class InternalError(RouterError):
     """Anything unexpected: the message never carries the exception's text."""
 

@@ -134,7 +134,34 @@ def semantic_problems(settings: Settings) -> list[Problem]:
     problems += _duplicates("admin.tokens", "id", [t.id for t in settings.admin.tokens])
     problems += _backend_problems(settings)
     problems += _reference_problems(settings)
+    problems += _not_yet_enforced(settings)
     return problems
+
+
+def _not_yet_enforced(settings: Settings) -> list[Problem]:
+    """Settings this version parses but cannot honour yet: refused, never silently ignored.
+
+    An operator who sets a rate limit must not get a router that does not limit.
+    """
+    found: list[tuple[tuple[str | int, ...], bool]] = [
+        (("server", "workers"), settings.server.workers != 1),
+        (("state", "redis_url"), settings.state.redis_url != ""),
+        (("admin", "tokens"), bool(settings.admin.tokens)),
+        (("telemetry", "otlp_endpoint"), settings.telemetry.otlp_endpoint != ""),
+    ]
+    for i, backend in enumerate(settings.backends):
+        found.append((("backends", i, "max_concurrency"), backend.max_concurrency != 0))
+    for i, model in enumerate(settings.models):
+        found.append((("models", i, "strategy"), model.strategy != "weighted"))
+    for section, items in (("orgs", settings.orgs), ("keys", settings.keys)):
+        for i, item in enumerate(items):
+            found.append(((section, i, "rpm"), item.rpm != 0))
+            found.append(((section, i, "tpm"), item.tpm != 0))
+    for i, org in enumerate(settings.orgs):
+        found.append((("orgs", i, "monthly_budget_usd"), org.monthly_budget_usd != 0))
+    return [
+        (path, "not supported by this version yet; leave the default") for path, on in found if on
+    ]
 
 
 def parse_listen(value: str) -> tuple[str, int]:

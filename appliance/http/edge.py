@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, RouterError
+from appliance.errors import (
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    RouterError,
+)
 from appliance.telemetry.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -53,6 +59,7 @@ class RequestContext:
 class EdgeLimits:
     max_body_bytes: int
     body_read_timeout_s: float
+    max_header_bytes: int
 
 
 def request_context(scope: Mapping[str, object]) -> RequestContext:
@@ -90,6 +97,10 @@ class EdgeMiddleware:
                 self._finish(context, started)
 
         try:
+            if _header_bytes(scope["headers"]) > self._limits.max_header_bytes:
+                raise HeadersTooLarge(
+                    f"The request headers exceed {self._limits.max_header_bytes} bytes."
+                )
             if scope["method"] in _BODY_METHODS:
                 body = await self._read_body(scope, receive)
                 if body is None:
@@ -160,7 +171,7 @@ async def _send_error(send: Send, error: RouterError) -> None:
         (b"content-length", str(len(body)).encode()),
         *((k.encode(), v.encode()) for k, v in error.headers().items()),
     ]
-    if error.status in (408, 413):
+    if error.status in (408, 413, 431):
         headers.append((b"connection", b"close"))  # the unread body makes the connection unusable
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -171,6 +182,11 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
         if name == b"x-request-id" and _SANE_REQUEST_ID.match(value):
             return value.decode("ascii")
     return uuid.uuid4().hex
+
+
+def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
+    # Counted as on the wire ("name: value\r\n"): the parser only bounds *incomplete* heads.
+    return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

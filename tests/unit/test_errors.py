@@ -30,7 +30,7 @@ def test_codes_are_unique_and_statuses_are_sdk_statuses() -> None:
     classes = catalog()
     codes = [c.code for c in classes]
     assert len(codes) == len(set(codes))
-    assert {c.status for c in classes} <= {400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 500, 502, 503, 504}
+    assert {c.status for c in classes} <= {400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 500, 502, 503, 504}
     assert RouterError not in classes
 
 

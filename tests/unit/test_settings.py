@@ -130,3 +130,12 @@ def test_bad_listen_in_file() -> None:
     assert problems_of('[server]\nlisten = "nope"') == [
         "r.toml:2: server.listen: expected HOST:PORT, got 'nope'"
     ]
+
+
+def test_settings_not_enforced_yet_are_refused() -> None:
+    """Limits this version cannot enforce are refused rather than silently ignored."""
+    text = GOOD.replace('id = "acme"', 'id = "acme"\nrpm = 10') + '\n[state]\nredis_url = "redis://x"\n'
+    assert problems_of(text, {"A_KEY": "x"}) == [
+        "r.toml:24: state.redis_url: not supported by this version yet; leave the default",
+        "r.toml:16: orgs[0].rpm: not supported by this version yet; leave the default",
+    ]

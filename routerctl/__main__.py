@@ -1,0 +1,5 @@
+"""`python -m routerctl` runs the CLI."""
+
+from routerctl.main import run
+
+run()

@@ -1,0 +1,87 @@
+"""Run the installed `routerctl` as a subprocess, as an operator would, and always reap it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.integration.router_harness import free_port
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def routerctl_command() -> list[str]:
+    script = Path(sys.executable).parent / "routerctl"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "routerctl"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*routerctl_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+class RouterProcess:
+    def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 15) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+@contextmanager
+def router_process(args: Sequence[str], tmp: Path, env: dict[str, str] | None = None) -> Iterator[RouterProcess]:
+    """Start `routerctl serve ARGS --listen <free port>`, wait for healthz, reap on exit."""
+    port = free_port()
+    log = tmp / f"router-{port}.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*routerctl_command(), "serve", *args, "--listen", f"127.0.0.1:{port}"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+    router = RouterProcess(process, port, log)
+    try:
+        _wait_healthy(router)
+        yield router
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def _wait_healthy(router: RouterProcess, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if router.process.poll() is not None:
+            raise RuntimeError(f"router exited early:\n{router.output()}")
+        try:
+            with _HTTP.open(f"{router.url}/v1/status/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"router not healthy in {timeout}s:\n{router.output()}")

@@ -1,0 +1,200 @@
+"""The binary as operators run it: graceful drain on SIGTERM, mock-backend, keys, bad configs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.cli import free_port, router_process, routerctl_command, run_cli
+
+
+@pytest.fixture(scope="module")
+def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`routerctl mock-backend` as its own process."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("mock") / "mock.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*routerctl_command(), "mock-backend", "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                import urllib.request  # noqa: PLC0415
+
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                with opener.open(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(log.read_text())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(10) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)
+
+
+def write_config(tmp: Path, mock_url: str, key_lines: str, graceful_s: float) -> Path:
+    path = tmp / "router.toml"
+    path.write_text(
+        f"""
+[server]
+graceful_shutdown_s = {graceful_s}
+metrics_listen = ""
+
+[[backends]]
+id = "mock"
+url = "{mock_url}"
+
+[[models]]
+name = "m"
+backends = [{{ backend = "mock" }}]
+
+[[orgs]]
+id = "acme"
+{key_lines}
+"""
+    )
+    return path
+
+
+def minted_key(org: str) -> tuple[str, str]:
+    """`routerctl keys create --json`: the key and the [[keys]] block for it."""
+    result = run_cli("keys", "create", "--org", org, "--json")
+    assert result.returncode == 0, result.stderr
+    minted = json.loads(result.stdout)
+    block = f'\n[[keys]]\nid = "{minted["id"]}"\norg = "{org}"\nsha256 = "{minted["sha256"]}"\n'
+    return minted["key"], block
+
+
+def stream_body(chunks: int, delay_ms: int) -> dict[str, object]:
+    content = f"[mock:chunks={chunks}] [mock:chunk_delay_ms={delay_ms}]"
+    return {"model": "m", "messages": [{"role": "user", "content": content}], "stream": True}
+
+
+async def test_sigterm_lets_an_inflight_stream_finish(mock_url: str, tmp_path: Path) -> None:
+    """After SIGTERM the listener closes, the open stream completes, and the exit code is 0."""
+    key, block = minted_key("acme")
+    config = write_config(tmp_path, mock_url, block, graceful_s=10)
+    with router_process(["--config", str(config)], tmp_path) as router:
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(
+                f"{router.url}/v1/chat/completions",
+                json=stream_body(8, 250),
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert response.status == 200
+            await response.content.readuntil(b"\n\n")
+            router.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with aiohttp.ClientSession() as fresh:
+                    await fresh.get(f"{router.url}/v1/status/healthz")
+            rest = await asyncio.wait_for(response.read(), 10)
+        assert rest.endswith(b"data: [DONE]\n\n")
+        assert rest.count(b"chat.completion.chunk") == 7
+        assert await asyncio.to_thread(router.process.wait, 10) == 0
+
+
+async def test_drain_deadline_ends_long_streams(mock_url: str, tmp_path: Path) -> None:
+    """A stream longer than graceful_shutdown_s is cut at the deadline; the router still exits 0."""
+    key, block = minted_key("acme")
+    config = write_config(tmp_path, mock_url, block, graceful_s=0.5)
+    with router_process(["--config", str(config)], tmp_path) as router:
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(
+                f"{router.url}/v1/chat/completions",
+                json=stream_body(200, 100),
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            await response.content.readuntil(b"\n\n")
+            started = time.monotonic()
+            router.process.send_signal(signal.SIGTERM)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), 10)
+        assert await asyncio.to_thread(router.process.wait, 10) == 0
+        assert time.monotonic() - started < 8
+
+
+def test_config_validate_reports_each_problem(tmp_path: Path) -> None:
+    """`config validate` prints file:line: key: reason per problem and exits 1."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nlisen = "x"\nworkers = 0\n\n[[backends]]\nid = "a"\n')
+    result = run_cli("config", "validate", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{bad}:2: server.lisen: unknown key (known keys: body_read_timeout_s, graceful_shutdown_s,"
+        " keep_alive_max_requests, keep_alive_timeout_s, listen, max_body_bytes, max_header_bytes,"
+        " metrics_listen, workers)",
+        f"{bad}:3: server.workers: Expected `int` >= 1",
+        f"{bad}:5: backends[0].url: required key is missing",
+    ]
+
+
+def test_serve_refuses_bad_config_and_missing_env(tmp_path: Path) -> None:
+    """`serve` exits 1 with one line per problem, naming a missing credential variable."""
+    config = tmp_path / "r.toml"
+    config.write_text(
+        '[[backends]]\nid = "a"\nurl = "http://127.0.0.1:1/v1"\napi_key_env = "NOT_SET_ANYWHERE"\n'
+    )
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{config}:4: backends[0].api_key_env: environment variable NOT_SET_ANYWHERE is not set"
+    )
+    ok = run_cli("config", "validate", "--skip-env", str(config))
+    assert ok.returncode == 0 and ok.stdout.strip() == f"{config}: ok"
+
+
+def test_serve_needs_exactly_one_source() -> None:
+    """`serve` with neither --config nor --demo is a usage error with one line."""
+    result = run_cli("serve")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "routerctl: error: pass exactly one of --config FILE or --demo"
+
+
+def test_serve_missing_file() -> None:
+    """A config path that does not exist is one readable line."""
+    result = run_cli("serve", "--config", "/nonexistent/router.toml")
+    assert result.returncode == 1
+    assert result.stderr.startswith("/nonexistent/router.toml: cannot read:")
+
+
+def test_example_config_is_valid() -> None:
+    """config/router.example.toml validates (env variables aside)."""
+    example = Path(__file__).resolve().parents[2] / "config" / "router.example.toml"
+    result = run_cli("config", "validate", "--skip-env", str(example))
+    assert result.returncode == 0, result.stderr
+
+
+def test_keys_create_prints_the_block() -> None:
+    """`keys create` prints the key once (stderr) and the [[keys]] lines to paste (stdout)."""
+    result = run_cli("keys", "create", "--org", "acme", "--id", "k1")
+    assert result.returncode == 0
+    assert result.stderr.startswith("API key (shown once, store it now): rk-")
+    key = result.stderr.split(": ", 1)[1].strip()
+    assert key not in result.stdout
+    assert '[[keys]]\nid = "k1"\norg = "acme"\nsha256 = "' in result.stdout
+
+
+def test_version() -> None:
+    """`version --json` reports version, commit and build time."""
+    result = run_cli("version", "--json")
+    assert set(json.loads(result.stdout)) == {"version", "commit", "build_time"}

@@ -1,0 +1,166 @@
+"""A real router (hypercorn + the built app) in the test's event loop, in front of mock backends."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from hypercorn.asyncio import serve
+
+from appliance.app import AppState, build_app
+from appliance.auth.keyring import hash_key
+from appliance.mock.server import MockBackend
+from appliance.server import hypercorn_config
+from appliance.settings_loader import load_text
+
+KEY = "rk-test-key-acme"
+RESTRICTED_KEY = "rk-test-key-restricted"
+DISABLED_ORG_KEY = "rk-test-key-disabled-org"
+DISABLED_KEY = "rk-test-key-disabled"
+BACKEND_SECRET = "backend-secret-value"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_config(mock_urls: Mapping[str, str], port: int, server_extra: str = "") -> str:
+    """A config with model `chat` over the given mocks, orgs, keys and one dead backend."""
+    backends = "".join(
+        f'[[backends]]\nid = "{name}"\nurl = "{url}"\napi_key_env = "TEST_BACKEND_KEY"\n'
+        f'headers = {{ "x-extra" = "on" }}\nttfb_timeout_s = 1.0\ntotal_timeout_s = 3.0\n\n'
+        for name, url in mock_urls.items()
+    )
+    routes = ", ".join(
+        f'{{ backend = "{name}", upstream_model = "up-{name}" }}' for name in mock_urls
+    )
+    dead = free_port()
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+metrics_listen = ""
+max_body_bytes = 65536
+body_read_timeout_s = 0.5
+graceful_shutdown_s = 1
+{server_extra}
+
+[telemetry]
+log_level = "warning"
+
+{backends}
+[[backends]]
+id = "dead"
+url = "http://127.0.0.1:{dead}/v1"
+connect_timeout_s = 0.5
+
+[[models]]
+name = "chat"
+backends = [{routes}]
+
+[[models]]
+name = "other"
+backends = [{routes}]
+
+[[models]]
+name = "nowhere"
+backends = [{{ backend = "dead" }}]
+
+[[orgs]]
+id = "acme"
+
+[[orgs]]
+id = "gone"
+disabled = true
+
+[[keys]]
+id = "k-acme"
+org = "acme"
+sha256 = "{hash_key(KEY)}"
+
+[[keys]]
+id = "k-restricted"
+org = "acme"
+sha256 = "{hash_key(RESTRICTED_KEY)}"
+models = ["chat"]
+
+[[keys]]
+id = "k-gone"
+org = "gone"
+sha256 = "{hash_key(DISABLED_ORG_KEY)}"
+
+[[keys]]
+id = "k-off"
+org = "acme"
+sha256 = "{hash_key(DISABLED_KEY)}"
+disabled = true
+"""
+
+
+@dataclass
+class RouterUnderTest:
+    url: str
+    port: int
+    mocks: dict[str, MockBackend]
+    state: AppState
+    session: aiohttp.ClientSession
+    auth: dict[str, str] = field(default_factory=lambda: {"Authorization": f"Bearer {KEY}"})
+
+    async def post(
+        self, path: str, payload: object, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        return await self.session.post(
+            f"{self.url}{path}", json=payload, headers={**self.auth, **(headers or {})}
+        )
+
+
+@asynccontextmanager
+async def running_router(
+    mock_count: int = 1, server_extra: str = "", mock_options: Mapping[str, float] | None = None
+) -> AsyncIterator[RouterUnderTest]:
+    """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
+    mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    try:
+        for mock in mocks.values():
+            await mock.start("127.0.0.1", 0)
+        port = free_port()
+        text = base_config({n: m.url for n, m in mocks.items()}, port, server_extra)
+        loaded = load_text(text, "test.toml", {"TEST_BACKEND_KEY": BACKEND_SECRET})
+        built = build_app(loaded)
+        config = hypercorn_config(loaded.settings.server)
+        task = asyncio.create_task(serve(built.asgi, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+            await _wait_ready(session, url, task)
+            yield RouterUnderTest(url, port, mocks, built.state, session)
+    finally:
+        stop.set()
+        if task is not None:
+            await asyncio.wait_for(task, 10)
+        for mock in mocks.values():
+            await mock.stop()
+
+
+async def _wait_ready(session: aiohttp.ClientSession, url: str, task: asyncio.Task[None]) -> None:
+    for _ in range(200):
+        if task.done():
+            task.result()
+        try:
+            async with session.get(f"{url}/v1/status/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.025)
+    raise RuntimeError("router did not become ready")
+
+
+def chat(content: str = "hello world", **extra: object) -> dict[str, object]:
+    return {"model": "chat", "messages": [{"role": "user", "content": content}], **extra}
