@@ -153,12 +153,13 @@ def _not_yet_enforced(settings: Settings) -> list[Problem]:
         found.append((("backends", i, "max_concurrency"), backend.max_concurrency != 0))
     for i, model in enumerate(settings.models):
         found.append((("models", i, "strategy"), model.strategy != "weighted"))
-    for section, items in (("orgs", settings.orgs), ("keys", settings.keys)):
-        for i, item in enumerate(items):
-            found.append(((section, i, "rpm"), item.rpm != 0))
-            found.append(((section, i, "tpm"), item.tpm != 0))
     for i, org in enumerate(settings.orgs):
+        found.append((("orgs", i, "rpm"), org.rpm != 0))
+        found.append((("orgs", i, "tpm"), org.tpm != 0))
         found.append((("orgs", i, "monthly_budget_usd"), org.monthly_budget_usd != 0))
+    for i, key in enumerate(settings.keys):
+        found.append((("keys", i, "rpm"), key.rpm != 0))
+        found.append((("keys", i, "tpm"), key.tpm != 0))
     return [
         (path, "not supported by this version yet; leave the default") for path, on in found if on
     ]

@@ -201,6 +201,10 @@ class MockBackend:
             self._inflight.add(task)
         try:
             await self._record(request)
+        except web.HTTPRequestEntityTooLarge:
+            too_big = MockError(413, f"Request body too large (limit {MAX_BODY_BYTES} bytes).")
+            response: web.StreamResponse = error_response(too_big)
+        else:
             response = await self._answer(request, handler)
         finally:
             if task is not None:

@@ -6,6 +6,7 @@ No aiohttp exception leaves this module: callers see `RouterError` subclasses on
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from appliance.settings_loader import BackendCredentials
 # Connections kept per backend between requests; bursts beyond it open new ones.
 _POOL_LIMIT = 1024
 _KEEPALIVE_S = 30.0
+# aiohttp sends bytes bodies in one write; above this it wants a stream so the loop is not held.
+_LARGE_BODY = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,11 @@ class BackendClient:
         try:
             async with asyncio.timeout(backend.ttfb_timeout_s):
                 response = await self._session.post(
-                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                    url,
+                    data=io.BytesIO(body) if len(body) >= _LARGE_BODY else body,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
                 )
         except aiohttp.ClientConnectorError:
             raise UpstreamConnectError() from None

@@ -50,7 +50,9 @@ class RouterProcess:
 
 
 @contextmanager
-def router_process(args: Sequence[str], tmp: Path, env: dict[str, str] | None = None) -> Iterator[RouterProcess]:
+def router_process(
+    args: Sequence[str], tmp: Path, env: dict[str, str] | None = None
+) -> Iterator[RouterProcess]:
     """Start `routerctl serve ARGS --listen <free port>`, wait for healthz, reap on exit."""
     port = free_port()
     log = tmp / f"router-{port}.log"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import urllib.request
@@ -43,9 +44,10 @@ def test_readme_curl_gets_a_chat_completion(demo: RouterProcess) -> None:
     assert match, "README has no curl example"
     argv = shlex.split(match.group(0).replace("\\\n", " "))
     url = argv[1].replace("http://127.0.0.1:8080", demo.url)
-    headers = dict(h.split(": ", 1) for flag, h in zip(argv, argv[1:]) if flag == "-H")
+    headers = dict(h.split(": ", 1) for flag, h in itertools.pairwise(argv) if flag == "-H")
     data = argv[argv.index("-d") + 1].encode()
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    assert url.startswith("http://127.0.0.1:")
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")  # noqa: S310
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=10) as response:
         answer = msgspec.json.decode(response.read())
@@ -59,7 +61,8 @@ def test_sdk_chat_completion(client: openai.OpenAI) -> None:
         model="demo", messages=[{"role": "user", "content": "Hello there"}], max_tokens=5
     )
     assert completion.choices[0].message.content
-    assert completion.usage is not None and completion.usage.completion_tokens == 5
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 5
 
 
 def test_sdk_stream(client: openai.OpenAI) -> None:
@@ -75,7 +78,8 @@ def test_sdk_stream(client: openai.OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len([c for c in chunks if c.choices]) == 6
     assert text.split() == [f"tok{i}" for i in range(6)]
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 6
 
 
 def test_sdk_embedding(client: openai.OpenAI) -> None:
@@ -91,9 +95,11 @@ def test_sdk_models(client: openai.OpenAI) -> None:
 
 def test_sdk_errors_map_to_sdk_exceptions(demo: RouterProcess) -> None:
     """A bad key and an unknown model raise the SDK's own exception classes."""
-    with openai.OpenAI(base_url=f"{demo.url}/v1", api_key="rk-wrong", max_retries=0) as bad:
-        with pytest.raises(openai.AuthenticationError):
-            bad.models.list()
+    with (
+        openai.OpenAI(base_url=f"{demo.url}/v1", api_key="rk-wrong", max_retries=0) as bad,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        bad.models.list()
     with openai.OpenAI(base_url=f"{demo.url}/v1", api_key=DEMO_KEY, max_retries=0) as sdk:
         with pytest.raises(openai.NotFoundError) as caught:
             sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])

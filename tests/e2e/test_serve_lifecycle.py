@@ -160,7 +160,8 @@ def test_serve_refuses_bad_config_and_missing_env(tmp_path: Path) -> None:
         f"{config}:4: backends[0].api_key_env: environment variable NOT_SET_ANYWHERE is not set"
     )
     ok = run_cli("config", "validate", "--skip-env", str(config))
-    assert ok.returncode == 0 and ok.stdout.strip() == f"{config}: ok"
+    assert ok.returncode == 0
+    assert ok.stdout.strip() == f"{config}: ok"
 
 
 def test_serve_needs_exactly_one_source() -> None:

@@ -30,7 +30,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def base_config(mock_urls: Mapping[str, str], port: int, server_extra: str = "") -> str:
+def base_config(
+    mock_urls: Mapping[str, str], port: int, server_extra: str = "", max_body: int = 65536
+) -> str:
     """A config with model `chat` over the given mocks, orgs, keys and one dead backend."""
     backends = "".join(
         f'[[backends]]\nid = "{name}"\nurl = "{url}"\napi_key_env = "TEST_BACKEND_KEY"\n'
@@ -45,7 +47,7 @@ def base_config(mock_urls: Mapping[str, str], port: int, server_extra: str = "")
 [server]
 listen = "127.0.0.1:{port}"
 metrics_listen = ""
-max_body_bytes = 65536
+max_body_bytes = {max_body}
 body_read_timeout_s = 0.5
 graceful_shutdown_s = 1
 {server_extra}
@@ -121,7 +123,10 @@ class RouterUnderTest:
 
 @asynccontextmanager
 async def running_router(
-    mock_count: int = 1, server_extra: str = "", mock_options: Mapping[str, float] | None = None
+    mock_count: int = 1,
+    server_extra: str = "",
+    mock_options: Mapping[str, float] | None = None,
+    max_body: int = 65536,
 ) -> AsyncIterator[RouterUnderTest]:
     """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
     mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
@@ -131,7 +136,7 @@ async def running_router(
         for mock in mocks.values():
             await mock.start("127.0.0.1", 0)
         port = free_port()
-        text = base_config({n: m.url for n, m in mocks.items()}, port, server_extra)
+        text = base_config({n: m.url for n, m in mocks.items()}, port, server_extra, max_body)
         loaded = load_text(text, "test.toml", {"TEST_BACKEND_KEY": BACKEND_SECRET})
         built = build_app(loaded)
         config = hypercorn_config(loaded.settings.server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 
 import msgspec
@@ -24,7 +25,7 @@ async def _last_request(router: RouterUnderTest, mock: str = "m0") -> dict[str, 
 
 
 async def test_chat_completion_is_relayed_and_rewritten() -> None:
-    """A chat completion reaches the backend with its model name and key, and comes back unchanged."""
+    """A chat completion reaches the backend with its model name and key, and returns unchanged."""
     async with running_router() as router:
         response = await router.post("/v1/chat/completions", chat(max_tokens=4))
         assert response.status == 200
@@ -56,6 +57,18 @@ async def test_completions_and_embeddings() -> None:
         assert [d["index"] for d in answer["data"]] == [0, 1]
 
 
+async def test_large_body_is_forwarded_whole() -> None:
+    """A multi-megabyte request body reaches the backend intact."""
+    content = "word " * 600_000  # ~3 MB
+    async with running_router(max_body=4 * 1024 * 1024) as router:
+        body = io.BytesIO(msgspec.json.encode(chat(content, max_tokens=1)))
+        response = await router.session.post(
+            f"{router.url}/v1/chat/completions", data=body, headers=router.auth
+        )
+        assert response.status == 200
+        assert (await response.json())["usage"]["prompt_tokens"] == 600_000
+
+
 async def test_backend_4xx_is_relayed_unchanged() -> None:
     """A backend's own 4xx answer reaches the client with its status and body."""
     async with running_router() as router:
@@ -81,7 +94,9 @@ async def test_request_id_kept_when_sane_and_replaced_when_not() -> None:
     async with running_router() as router:
         response = await router.post("/v1/chat/completions", chat(), {"x-request-id": "abc-123"})
         assert response.headers["x-request-id"] == "abc-123"
-        response = await router.post("/v1/chat/completions", chat(), {"x-request-id": "a b\tc" * 50})
+        response = await router.post(
+            "/v1/chat/completions", chat(), {"x-request-id": "a b\tc" * 50}
+        )
         generated = response.headers["x-request-id"]
         assert generated != "a b\tc" * 50
         assert len(generated) == 32
@@ -175,8 +190,8 @@ async def test_metrics_count_requests() -> None:
         await (await router.post("/v1/chat/completions", {"model": "chat"})).read()
         text = router.state.metrics.render().decode()
         assert (
-            'router_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0'
-            in text
+            'router_http_requests_total{method="POST",route="/v1/chat/completions",'
+            'status="200"} 1.0' in text
         )
         assert 'status="400"} 1.0' in text
         assert "router_http_request_duration_seconds_bucket" in text

@@ -15,7 +15,12 @@ def test_body_has_openai_shape() -> None:
     """Errors render as {"error": {message, type, param, code}}."""
     error = InvalidRequest("bad", param="model")
     assert msgspec.json.decode(error.body()) == {
-        "error": {"message": "bad", "type": "invalid_request_error", "param": "model", "code": "invalid_request"}
+        "error": {
+            "message": "bad",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "invalid_request",
+        }
     }
 
 
@@ -30,7 +35,24 @@ def test_codes_are_unique_and_statuses_are_sdk_statuses() -> None:
     classes = catalog()
     codes = [c.code for c in classes]
     assert len(codes) == len(set(codes))
-    assert {c.status for c in classes} <= {400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 500, 502, 503, 504}
+    assert {c.status for c in classes} <= {
+        400,
+        401,
+        403,
+        404,
+        405,
+        408,
+        409,
+        413,
+        415,
+        422,
+        429,
+        431,
+        500,
+        502,
+        503,
+        504,
+    }
     assert RouterError not in classes
 
 

@@ -81,5 +81,9 @@ def test_render_rewrites_only_model() -> None:
         CHAT, body(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.5)
     )
     out = msgspec.json.decode(render_upstream(parsed, "llama-3"))
-    assert out == {"model": "llama-3", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5}
+    assert out == {
+        "model": "llama-3",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.5,
+    }
     assert msgspec.json.decode(render_upstream(parsed, "m"))["model"] == "m"

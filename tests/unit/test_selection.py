@@ -18,7 +18,10 @@ def test_route_table_resolves_upstream_names_and_weights() -> None:
         models=(
             Model(
                 name="m",
-                backends=(ModelRoute(backend="a"), ModelRoute(backend="b", upstream_model="x", weight=5)),
+                backends=(
+                    ModelRoute(backend="a"),
+                    ModelRoute(backend="b", upstream_model="x", weight=5),
+                ),
             ),
         ),
     )
@@ -41,7 +44,8 @@ def test_all_zero_weights_share_equally() -> None:
     targets = [Target("a", "m", 0), Target("b", "m", 0)]
     rng = random.Random(1)
     counts = Counter(pick_weighted(targets, rng).backend_id for _ in range(2000))
-    assert counts["a"] > 800 and counts["b"] > 800
+    assert counts["a"] > 800
+    assert counts["b"] > 800
 
 
 def test_empty_targets_is_an_error() -> None:

@@ -111,7 +111,11 @@ def test_required_key_missing() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:9", ("::1", 9)), ("0.0.0.0:0", ("0.0.0.0", 0))],
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("[::1]:9", ("::1", 9)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+    ],
 )
 def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
     """HOST:PORT parses, IPv6 in brackets included."""
@@ -121,7 +125,7 @@ def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
 @pytest.mark.parametrize("value", ["8080", "host:", ":80", "h:99999", "h:x"])
 def test_parse_listen_rejects(value: str) -> None:
     """Malformed listen addresses are errors."""
-    with pytest.raises(ValueError, match="expected|out of range"):
+    with pytest.raises(ValueError, match=r"expected|out of range"):
         parse_listen(value)
 
 
@@ -134,7 +138,10 @@ def test_bad_listen_in_file() -> None:
 
 def test_settings_not_enforced_yet_are_refused() -> None:
     """Limits this version cannot enforce are refused rather than silently ignored."""
-    text = GOOD.replace('id = "acme"', 'id = "acme"\nrpm = 10') + '\n[state]\nredis_url = "redis://x"\n'
+    text = (
+        GOOD.replace('id = "acme"', 'id = "acme"\nrpm = 10')
+        + '\n[state]\nredis_url = "redis://x"\n'
+    )
     assert problems_of(text, {"A_KEY": "x"}) == [
         "r.toml:24: state.redis_url: not supported by this version yet; leave the default",
         "r.toml:16: orgs[0].rpm: not supported by this version yet; leave the default",

@@ -61,4 +61,5 @@ def test_scanner_handles_crlf() -> None:
     scanner = StreamScanner()
     scanner.feed(STREAM.replace(b"\n", b"\r\n"))
     scanner.finish()
-    assert scanner.done and scanner.usage == Usage(7, 2)
+    assert scanner.done
+    assert scanner.usage == Usage(7, 2)
