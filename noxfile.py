@@ -8,6 +8,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite: unit, integration (real Redis, Kafka, etcd) and e2e, 2 workers."""

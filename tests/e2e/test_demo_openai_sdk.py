@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +55,20 @@ def test_readme_curl_gets_a_chat_completion(demo: RouterProcess) -> None:
         answer = msgspec.json.decode(response.read())
     assert answer["object"] == "chat.completion"
     assert answer["choices"][0]["message"]["content"]
+
+
+def test_readme_sdk_example_runs(demo: RouterProcess) -> None:
+    """The README's OpenAI SDK snippet runs as written against the demo."""
+    match = re.search(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert match, "README has no python example"
+    code = match.group(1).replace("http://127.0.0.1:8080", demo.url)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tok0 tok1")
+    assert lines[-1] == "['demo']"
 
 
 def test_sdk_chat_completion(client: openai.OpenAI) -> None:

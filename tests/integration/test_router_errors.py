@@ -137,11 +137,8 @@ async def test_slow_first_byte_is_504(router: RouterUnderTest) -> None:
 
 async def test_hanging_backend_is_504_not_a_hang(router: RouterUnderTest) -> None:
     """A backend that never answers is cut off by the router's timeouts."""
-    response = await asyncio.wait_for(
-        router.post("/v1/chat/completions", chat("[mock:hang]")), 5
-    )
+    response = await asyncio.wait_for(router.post("/v1/chat/completions", chat("[mock:hang]")), 5)
     await expect_error(response, 504, "upstream_timeout")
-
 
 
 async def test_error_body_is_openai_shape_for_sdk(router: RouterUnderTest) -> None:

@@ -123,9 +123,9 @@ async def test_endless_header_stream_is_cut_off(router: RouterUnderTest) -> None
 
 async def test_bad_content_length_is_400(router: RouterUnderTest) -> None:
     """A Content-Length that is not a number is rejected."""
-    answer = await raw_exchange(router.port, head(None).replace(
-        b"transfer-encoding: chunked", b"content-length: 12abc"
-    ), [])
+    answer = await raw_exchange(
+        router.port, head(None).replace(b"transfer-encoding: chunked", b"content-length: 12abc"), []
+    )
     assert answer.split()[1] == b"400"
 
 
