@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.integration.router_harness import free_port
+from tests.services import free_port
 
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -84,9 +84,19 @@ def minted_key(org: str) -> tuple[str, str]:
     return minted["key"], block
 
 
-def stream_body(chunks: int, delay_ms: int) -> dict[str, object]:
+async def open_stream(
+    session: aiohttp.ClientSession, url: str, key: str, chunks: int, delay_ms: int
+) -> aiohttp.ClientResponse:
+    """Start a paced stream and wait for its first event."""
     content = f"[mock:chunks={chunks}] [mock:chunk_delay_ms={delay_ms}]"
-    return {"model": "m", "messages": [{"role": "user", "content": content}], "stream": True}
+    response = await session.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": content}], "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status == 200
+    await response.content.readuntil(b"\n\n")
+    return response
 
 
 async def test_sigterm_lets_an_inflight_stream_finish(mock_url: str, tmp_path: Path) -> None:
@@ -95,13 +105,7 @@ async def test_sigterm_lets_an_inflight_stream_finish(mock_url: str, tmp_path: P
     config = write_config(tmp_path, mock_url, block, graceful_s=10)
     with router_process(["--config", str(config)], tmp_path) as router:
         async with aiohttp.ClientSession() as session:
-            response = await session.post(
-                f"{router.url}/v1/chat/completions",
-                json=stream_body(8, 250),
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            assert response.status == 200
-            await response.content.readuntil(b"\n\n")
+            response = await open_stream(session, router.url, key, chunks=8, delay_ms=250)
             router.process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
             with pytest.raises(aiohttp.ClientConnectionError):
@@ -119,12 +123,7 @@ async def test_drain_deadline_ends_long_streams(mock_url: str, tmp_path: Path) -
     config = write_config(tmp_path, mock_url, block, graceful_s=0.5)
     with router_process(["--config", str(config)], tmp_path) as router:
         async with aiohttp.ClientSession() as session:
-            response = await session.post(
-                f"{router.url}/v1/chat/completions",
-                json=stream_body(200, 100),
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            await response.content.readuntil(b"\n\n")
+            response = await open_stream(session, router.url, key, chunks=200, delay_ms=100)
             started = time.monotonic()
             router.process.send_signal(signal.SIGTERM)
             with pytest.raises(aiohttp.ClientPayloadError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,18 +15,13 @@ from appliance.auth.keyring import hash_key
 from appliance.mock.server import MockBackend
 from appliance.server import hypercorn_config
 from appliance.settings_loader import load_text
+from tests.services import free_port
 
 KEY = "rk-test-key-acme"
 RESTRICTED_KEY = "rk-test-key-restricted"
 DISABLED_ORG_KEY = "rk-test-key-disabled-org"
 DISABLED_KEY = "rk-test-key-disabled"
 BACKEND_SECRET = "backend-secret-value"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def base_config(
