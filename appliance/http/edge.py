@@ -34,6 +34,7 @@ AccessLog = Callable[["RequestContext"], None]
 CONTEXT_KEY = "routerctl.context"
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BAD_LENGTH = -1
 
 
 @dataclass(slots=True)
@@ -83,7 +84,8 @@ class EdgeMiddleware:
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope["headers"])
+        head = _scan_headers(scope["headers"])
+        request_id = head.request_id or uuid.uuid4().hex
         context = RequestContext(request_id, scope["method"], scope["path"])
         scope[CONTEXT_KEY] = context
         rid_header = (b"x-request-id", request_id.encode("ascii"))
@@ -97,12 +99,12 @@ class EdgeMiddleware:
                 self._finish(context, started)
 
         try:
-            if _header_bytes(scope["headers"]) > self._limits.max_header_bytes:
+            if head.size > self._limits.max_header_bytes:
                 raise HeadersTooLarge(
                     f"The request headers exceed {self._limits.max_header_bytes} bytes."
                 )
             if scope["method"] in _BODY_METHODS:
-                body = await self._read_body(scope, receive)
+                body = await self._read_body(head.content_length, receive)
                 if body is None:
                     return  # the client left before sending its body; nobody to answer
                 receive = _replay(body, receive)
@@ -124,9 +126,10 @@ class EdgeMiddleware:
         )
         self._access_log(context)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+    async def _read_body(self, declared: int | None, receive: Receive) -> bytes | None:
         limit = self._limits.max_body_bytes
-        declared = _content_length(scope["headers"])
+        if declared == _BAD_LENGTH:
+            raise InvalidRequest("The Content-Length header is not a number.")
         if declared is not None and declared > limit:
             raise PayloadTooLarge(f"The request body is {declared} bytes; the limit is {limit}.")
         parts: list[bytes] = []
@@ -177,22 +180,23 @@ async def _send_error(send: Send, error: RouterError) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+@dataclass(frozen=True, slots=True)
+class _Head:
+    request_id: str | None
+    size: int
+    content_length: int | None
+
+
+def _scan_headers(headers: list[tuple[bytes, bytes]]) -> _Head:
+    """One pass over the headers: a sane client request id, wire size, declared body length."""
+    request_id: str | None = None
+    content_length: int | None = None
+    # Size counted as on the wire ("name: value\r\n"): the parser only bounds incomplete heads.
+    size = 0
     for name, value in headers:
+        size += len(name) + len(value) + 4
         if name == b"x-request-id" and _SANE_REQUEST_ID.match(value):
-            return value.decode("ascii")
-    return uuid.uuid4().hex
-
-
-def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
-    # Counted as on the wire ("name: value\r\n"): the parser only bounds *incomplete* heads.
-    return sum(len(name) + len(value) + 4 for name, value in headers)
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            if not value.isdigit():
-                raise InvalidRequest("The Content-Length header is not a number.")
-            return int(value)
-    return None
+            request_id = value.decode("ascii")
+        elif name == b"content-length":
+            content_length = int(value) if value.isdigit() else _BAD_LENGTH
+    return _Head(request_id, size, content_length)
