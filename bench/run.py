@@ -1,0 +1,200 @@
+"""routerctl's load benchmark: direct to nginx, the do-nothing proxy and routerctl side by side.
+
+    python bench/run.py [--duration 5] [--quick] [--json-out PATH] [--markdown]
+
+Starts nginx (the upstream, fixed bodies), the do-nothing Quart proxy and `routerctl serve`
+as children on free 127.0.0.1 ports, runs wrk for each (mode, concurrency, target) case,
+prints the table, the routerctl ratios and the DESIGN.md budget, and stops every child.
+Exit status: 0 when every case ran cleanly, 1 when a case failed or routerctl did not
+start (or, with --check-budget, when a budget line is missed), 2 when the tools are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+import bodies
+import loadgen
+import report
+import services
+from loadgen import Case, Result
+from services import Service, StartupError
+
+MODES = ("chat", "stream")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per case (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds per case")
+    parser.add_argument("--quick", action="store_true", help="1 s per case, for CI smoke runs")
+    parser.add_argument(
+        "--concurrency", default="1,64", help="comma-separated connection counts (default 1,64)"
+    )
+    parser.add_argument(
+        "--targets", default=",".join(report.TARGETS), help="subset of direct,noop,routerctl"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat all cases N times; report medians"
+    )
+    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument(
+        "--check-budget", action="store_true", help="exit 1 when a budget line is missed"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 1
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.targets = [t for t in report.TARGETS if t in args.targets.split(",")]
+    if min(args.duration, args.rounds, *args.concurrency) < 1 or args.warmup < 0:
+        parser.error("--duration, --rounds and --concurrency must be >= 1, --warmup >= 0")
+    if not args.targets:
+        parser.error("--targets names none of direct,noop,routerctl")
+    return args
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so every `finally` runs and the children are reaped.
+    raise SystemExit(128 + signum)
+
+
+def _url_paths(target: str) -> dict[str, str]:
+    if target == "routerctl":  # one endpoint; the model name picks the backend
+        return {"chat": "/v1/chat/completions", "stream": "/v1/chat/completions"}
+    return {"chat": "/v1/chat/completions", "stream": "/stream/v1/chat/completions"}
+
+
+def build_cases(
+    urls: dict[str, str], key: str, concurrencies: list[int], targets: list[str]
+) -> list[Case]:
+    """Targets interleaved inside each (mode, concurrency) so drift hits all three alike."""
+    return [
+        Case(
+            target,
+            mode,
+            concurrency,
+            urls[target] + _url_paths(target)[mode],
+            bodies.request_body(stream=mode == "stream"),
+            key if target == "routerctl" else "",
+        )
+        for mode in MODES
+        for concurrency in concurrencies
+        for target in targets
+        if target in urls
+    ]
+
+
+def run_cases(cases: list[Case], args: argparse.Namespace) -> list[list[Result]]:
+    """Every case once per round, rounds outermost; returns each case's per-round results."""
+    measured: list[list[Result]] = [[] for _ in cases]
+    for round_no in range(1, args.rounds + 1):
+        for i, case in enumerate(cases):
+            label = f"[round {round_no}/{args.rounds}, {i + 1}/{len(cases)}] " + (
+                f"{case.mode} c={case.concurrency} {case.target}"
+            )
+            print(f"{label} ...", file=sys.stderr, flush=True)
+            result = loadgen.measure(case, args.duration, args.warmup)
+            outcome = f"{result.rps:,.0f} req/s" if result.ok else f"FAILED: {result.problem}"
+            print(f"{label}: {outcome}", file=sys.stderr, flush=True)
+            measured[i].append(result)
+    return measured
+
+
+def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str]]:
+    """Start the services, run every case, stop the services; returns results and notes."""
+    notes: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="routerctl-bench-") as tmp_name,
+        ExitStack() as stack,
+    ):
+        tmp = Path(tmp_name)
+        nginx = services.start_nginx(stack, tmp)
+        urls = {"direct": nginx.base_url}
+        if "noop" in args.targets:
+            urls["noop"] = services.start_noop_proxy(stack, tmp, nginx).base_url
+        router: Service | None = None
+        key = ""
+        if "routerctl" in args.targets:
+            try:
+                router, key = services.start_routerctl(stack, tmp, nginx)
+                urls["routerctl"] = router.base_url
+            except StartupError as exc:
+                notes.append(f"routerctl did not start; its row is missing.\n{exc}")
+        targets = [t for t in args.targets if t in urls]
+        cases = build_cases(urls, key, args.concurrency, targets)
+        measured = run_cases(cases, args)
+        measured += [
+            [Result(target, mode, concurrency, problem="did not start (see NOTE)")]
+            for mode in MODES
+            for concurrency in args.concurrency
+            for target in args.targets
+            if target not in urls
+        ]
+        if router is not None:
+            failed = any(not r.ok for rounds in measured for r in rounds if r.target == "routerctl")
+            if router.process.poll() is not None:
+                notes.append(f"routerctl exited during the run ({router.process.returncode}).")
+            if failed or router.process.poll() is not None:
+                notes.append(f"routerctl log tail:\n{router.log_tail()}")
+    return measured, notes
+
+
+def _meta(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": services.versions(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    missing = [t for t in (loadgen.WRK, "curl", services.NGINX) if shutil.which(t) is None]
+    if missing:
+        print(f"bench: missing tools: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        measured, notes = bench(args)
+    except StartupError as exc:
+        print(f"bench: a baseline service did not start: {exc}", file=sys.stderr)
+        return 1
+    results = [loadgen.combine(rounds) for rounds in measured]
+    comparisons = report.compare(results)
+    checks = report.budget(comparisons)
+    print()
+    print(report.render(results, comparisons, checks))
+    if args.markdown:
+        print()
+        print(report.markdown_table(results, comparisons))
+    for note in notes:
+        print(f"\nNOTE: {note}")
+    if args.json_out is not None:
+        document = {"meta": _meta(args), **report.as_json(results, comparisons, checks)}
+        document["notes"] = notes
+        if args.rounds > 1:
+            document["rounds"] = [[r.as_dict() for r in rounds] for rounds in measured]
+        args.json_out.write_text(json.dumps(document, indent=2) + "\n")
+    failed = bool(notes) or any(not r.ok for r in results)
+    missed = args.check_budget and any(c.passed is False for c in checks)
+    return 1 if failed or missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The processes a bench run starts: nginx (the upstream), the do-nothing proxy and routerctl.
+
+Each is a child of the runner, bound to 127.0.0.1 on a free port, logging into the run's tmp
+dir, and registered for `stop()` (SIGTERM, wait, SIGKILL) the moment it is spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import bodies
+
+NGINX = "/usr/sbin/nginx"
+BENCH_DIR = Path(__file__).resolve().parent
+_STOP_TIMEOUT_S = 10.0
+_READY_TIMEOUT_S = 30.0
+
+
+class StartupError(RuntimeError):
+    """A service exited or never became ready; the message carries its log tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    base_url: str  # http://127.0.0.1:PORT
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to 10 s, then SIGKILL: only this child, by its own PID."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def spawn(stack: ExitStack, name: str, argv: list[str], port: int, tmp: Path) -> Service:
+    log_path = tmp / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp
+        )
+    service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
+    stack.callback(service.stop)
+    return service
+
+
+def wait_ready(service: Service, path: str, *, want_status: int | None = None) -> None:
+    """Poll GET `path` until it answers (with `want_status`, if given) or the service dies."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise StartupError(
+                f"{service.name} exited with code {service.process.returncode}:\n"
+                f"{service.log_tail()}"
+            )
+        status = _get_status(service.base_url + path)
+        if status is not None and (want_status is None or status == want_status):
+            return
+        time.sleep(0.05)
+    raise StartupError(
+        f"{service.name} not ready after {_READY_TIMEOUT_S:.0f} s:\n{service.log_tail()}"
+    )
+
+
+def _get_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 (our own http URL)
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _nginx_string(text: str) -> str:
+    if any(c in text for c in "'$\\"):
+        raise ValueError("body must not contain quote, dollar or backslash characters")
+    return "'" + text.replace("\n", "\\n") + "'"
+
+
+def nginx_conf(tmp: Path, port: int) -> str:
+    temp = "\n".join(
+        f"    {kind}_temp_path {tmp}/{kind}_temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temp}
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location = /v1/chat/completions {{
+            default_type application/json;
+            return 200 {_nginx_string(bodies.completion_body())};
+        }}
+        location = /stream/v1/chat/completions {{
+            default_type text/event-stream;
+            add_header Cache-Control no-cache;
+            return 200 {_nginx_string(bodies.stream_body())};
+        }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+def start_nginx(stack: ExitStack, tmp: Path) -> Service:
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(nginx_conf(tmp, port))
+    argv = [NGINX, "-p", f"{tmp}/", "-e", f"{tmp}/nginx-error.log", "-c", str(conf)]
+    service = spawn(stack, "nginx", argv, port, tmp)
+    wait_ready(service, "/")
+    return service
+
+
+def start_noop_proxy(stack: ExitStack, tmp: Path, upstream: Service) -> Service:
+    port = free_port()
+    argv = [sys.executable, str(BENCH_DIR / "noop_proxy.py"), str(port), upstream.base_url]
+    service = spawn(stack, "noop-proxy", argv, port, tmp)
+    wait_ready(service, "/")
+    return service
+
+
+def routerctl_argv() -> list[str]:
+    """The console script beside this interpreter, else on PATH, else the module entry point."""
+    beside = Path(sys.executable).parent / "routerctl"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("routerctl")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from routerctl.main import run; run()"]
+
+
+def routerctl_conf(tmp: Path, port: int, metrics_port: int, upstream: str, key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"""\
+[server]
+listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+
+[state]
+dir = "{tmp}/routerctl-state"
+
+[telemetry]
+log_level = "warning"
+access_log = false
+
+[[backends]]
+id = "nginx-json"
+url = "{upstream}/v1"
+
+[[backends]]
+id = "nginx-stream"
+url = "{upstream}/stream/v1"
+
+[[models]]
+name = "{bodies.JSON_MODEL}"
+backends = [{{ backend = "nginx-json" }}]
+
+[[models]]
+name = "{bodies.STREAM_MODEL}"
+backends = [{{ backend = "nginx-stream" }}]
+
+[[orgs]]
+id = "bench"
+
+[[keys]]
+id = "bench"
+org = "bench"
+sha256 = "{digest}"
+"""
+
+
+def start_routerctl(stack: ExitStack, tmp: Path, upstream: Service) -> tuple[Service, str]:
+    """Start `routerctl serve`; returns it and the API key its config accepts."""
+    port, metrics_port = free_port(), free_port()
+    key = "sk-bench-" + secrets.token_hex(16)
+    conf = tmp / "routerctl.toml"
+    conf.write_text(routerctl_conf(tmp, port, metrics_port, upstream.base_url, key))
+    argv = [*routerctl_argv(), "serve", "--config", str(conf)]
+    service = spawn(stack, "routerctl", argv, port, tmp)
+    wait_ready(service, "/v1/status/healthz", want_status=200)
+    return service, key
+
+
+def versions() -> dict[str, str]:
+    """Tool versions for the JSON report; a missing tool reads as 'unknown'."""
+    found: dict[str, str] = {"python": sys.version.split()[0]}
+    for name, argv in (("nginx", [NGINX, "-v"]), ("wrk", ["wrk", "--version"])):
+        found[name] = "unknown"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            found[name] = lines[0].strip() if lines else "unknown"
+    return found
