@@ -51,6 +51,7 @@ class RequestContext:
     model: str | None = None
     backend: str | None = None
     stream: bool = False
+    body: bytes = b""  # the request body, read and bounded by EdgeMiddleware
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     outcome: str = "ok"
@@ -107,6 +108,7 @@ class EdgeMiddleware:
                 body = await self._read_body(head.content_length, receive)
                 if body is None:
                     return  # the client left before sending its body; nobody to answer
+                context.body = body
                 receive = _replay(body, receive)
             await self._app(scope, receive, send_with_id)
         except RouterError as error:

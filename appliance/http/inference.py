@@ -30,7 +30,7 @@ def inference_blueprint(get_runtime: Callable[[], Runtime], forwarder: Forwarder
         context = request_context(request.scope)
         principal = runtime.keyring.resolve(request.headers.get("authorization"))
         context.org, context.key_id = principal.org_id, principal.key_id
-        parsed = parse_request(endpoint, await request.get_data(False, False, False))
+        parsed = parse_request(endpoint, context.body)
         context.model, context.stream = parsed.model, parsed.stream
         route = runtime.routes.get(parsed.model)
         if route is None or not principal.may_use(parsed.model):

@@ -33,6 +33,7 @@ class _BackendEndpoint:
     backend: Backend
     base_url: str
     headers: Mapping[str, str]
+    timeout: aiohttp.ClientTimeout
 
 
 class UpstreamResponse:
@@ -98,6 +99,9 @@ class BackendClient:
                     **{k.lower(): v for k, v in b.headers.items()},
                     **credentials[b.id].headers,
                 },
+                timeout=aiohttp.ClientTimeout(
+                    total=b.total_timeout_s, sock_connect=b.connect_timeout_s
+                ),
             )
             for b in backends
         }
@@ -130,19 +134,15 @@ class BackendClient:
         if self._session is None:
             raise UpstreamError("The backend client is not open.")
         endpoint = self._endpoints[backend_id]
-        backend = endpoint.backend
-        timeout = aiohttp.ClientTimeout(
-            total=backend.total_timeout_s, sock_connect=backend.connect_timeout_s
-        )
         headers = {**endpoint.headers, "x-request-id": request_id}
         url = f"{endpoint.base_url}/{path}"
         try:
-            async with asyncio.timeout(backend.ttfb_timeout_s):
+            async with asyncio.timeout(endpoint.backend.ttfb_timeout_s):
                 response = await self._session.post(
                     url,
                     data=io.BytesIO(body) if len(body) >= _LARGE_BODY else body,
                     headers=headers,
-                    timeout=timeout,
+                    timeout=endpoint.timeout,
                     allow_redirects=False,
                 )
         except aiohttp.ClientConnectorError:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
-_decoder = msgspec.json.Decoder()
 _DONE = b"data: [DONE]"
 
 
@@ -21,26 +19,27 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+class _UsageBlock(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+
+class _Answer(msgspec.Struct):
+    """Only the usage of an answer: msgspec skips every other field without building it."""
+
+    usage: _UsageBlock | None = None
+
+
+_decoder = msgspec.json.Decoder(_Answer)
+
+
 def usage_from_json(body: bytes) -> Usage | None:
-    """The `usage` block of a non-streaming response, or None when absent or malformed."""
+    """The `usage` block of a response body or SSE event, or None when absent or malformed."""
     try:
-        document = _decoder.decode(body)
-    except msgspec.DecodeError:
+        usage = _decoder.decode(body).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return _usage_of(document)
-
-
-def _usage_of(document: Any) -> Usage | None:
-    if not isinstance(document, dict):
-        return None
-    usage = document.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(prompt, completion)
+    return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens)
 
 
 class StreamScanner:
@@ -74,9 +73,6 @@ class StreamScanner:
             if line.startswith(_DONE):
                 self.done = True
             elif b'"usage"' in line and line.startswith(b"data:"):
-                try:
-                    found = _usage_of(_decoder.decode(line[5:]))
-                except msgspec.DecodeError:
-                    continue
+                found = usage_from_json(line[5:])
                 if found is not None:
                     self.usage = found
