@@ -82,6 +82,20 @@ class KeyDisabled(RouterError):
     default_message = "This API key is disabled."
 
 
+class InvalidAdminToken(RouterError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_admin_token"
+    default_message = "Missing or unknown admin token. Send it as 'Authorization: Bearer <token>'."
+
+
+class InsufficientRole(RouterError):
+    status = 403
+    type = "invalid_request_error"
+    code = "insufficient_role"
+    default_message = "This admin token's role may not do this; it needs the operator role."
+
+
 class NotFound(RouterError):
     status = 404
     type = "invalid_request_error"
@@ -94,6 +108,20 @@ class ModelNotFound(RouterError):
     type = "invalid_request_error"
     code = "model_not_found"
     default_message = "The model does not exist or you do not have access to it."
+
+
+class BackendNotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "backend_not_found"
+    default_message = "No backend has this id."
+
+
+class OverrideNotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "override_not_found"
+    default_message = "No override in force has this id."
 
 
 class MethodNotAllowed(RouterError):
@@ -146,6 +174,14 @@ class UpstreamConnectError(UpstreamError):
 class UpstreamStreamBroken(UpstreamError):
     code = "upstream_stream_broken"
     default_message = "The backend stopped in the middle of the response."
+
+
+class BackendsSaturated(RouterError):
+    status = 503
+    type = "server_error"
+    code = "backends_saturated"
+    retriable = True
+    default_message = "Every backend for this model is at its concurrency limit; retry shortly."
 
 
 class UpstreamTimeout(RouterError):

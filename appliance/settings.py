@@ -60,6 +60,22 @@ class TelemetrySettings(_Section, frozen=True):
     access_log: bool = True
 
 
+class RoutingSettings(_Section, frozen=True):
+    """Health checking, outlier ejection and failover; defaults follow Envoy's where it has one."""
+
+    health_interval_s: PositiveFloat = 5.0  # active probe period per backend (jittered ±10 %)
+    health_timeout_s: PositiveFloat = 2.0
+    healthy_threshold: Annotated[int, Meta(ge=1)] = 2  # probe successes to become healthy
+    unhealthy_threshold: Annotated[int, Meta(ge=1)] = 3  # probe failures to become unhealthy
+    consecutive_failures: Annotated[int, Meta(ge=1)] = 5  # request failures that eject
+    base_ejection_s: PositiveFloat = 30.0  # ejection time = base x times ejected, capped
+    max_ejection_s: PositiveFloat = 300.0
+    max_ejection_percent: Annotated[int, Meta(ge=0, le=100)] = 50  # of a model's backends
+    max_retries: Annotated[int, Meta(ge=0, le=5)] = 2  # other backends tried before giving up
+    retry_budget_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.2  # retries per request
+    retry_budget_min_per_s: NonNegFloat = 3.0  # retries always allowed at a trickle
+
+
 class Backend(_Section, frozen=True):
     id: Identifier
     url: str  # base URL including the API prefix, e.g. "http://10.0.0.5:8000/v1"
@@ -112,6 +128,7 @@ class Settings(_Section, frozen=True):
     state: StateSettings = StateSettings()
     admin: AdminSettings = AdminSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    routing: RoutingSettings = RoutingSettings()
     backends: tuple[Backend, ...] = ()
     models: tuple[Model, ...] = ()
     orgs: tuple[Org, ...] = ()
@@ -146,13 +163,8 @@ def _not_yet_enforced(settings: Settings) -> list[Problem]:
     found: list[tuple[tuple[str | int, ...], bool]] = [
         (("server", "workers"), settings.server.workers != 1),
         (("state", "redis_url"), settings.state.redis_url != ""),
-        (("admin", "tokens"), bool(settings.admin.tokens)),
         (("telemetry", "otlp_endpoint"), settings.telemetry.otlp_endpoint != ""),
     ]
-    for i, backend in enumerate(settings.backends):
-        found.append((("backends", i, "max_concurrency"), backend.max_concurrency != 0))
-    for i, model in enumerate(settings.models):
-        found.append((("models", i, "strategy"), model.strategy != "weighted"))
     for i, org in enumerate(settings.orgs):
         found.append((("orgs", i, "rpm"), org.rpm != 0))
         found.append((("orgs", i, "tpm"), org.tpm != 0))

@@ -1,0 +1,1 @@
+"""Audit events: who changed or was refused what, when, and why."""

@@ -1,0 +1,24 @@
+"""Audit event values (pure): one record per operator change or enforcement decision."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audited fact. `kind` is dotted: "override.create", "backend.drain", "limit.deny"."""
+
+    kind: str
+    time: float  # unix seconds
+    actor: str | None = None  # admin token id, or None for the router itself
+    org: str | None = None
+    key_id: str | None = None
+    request_id: str | None = None
+    subject: str | None = None  # what it is about: a backend id, an override id, a limit
+    reason: str | None = None
+    before: Any = None  # JSON-able state before a change
+    after: Any = None  # JSON-able state after it
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
