@@ -5,21 +5,32 @@ This is the only module that chooses implementations and wires them together.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from pathlib import Path
 
 from quart import Quart
 
+from appliance.audit.sqlite_store import SqliteAuditStore
+from appliance.auth.admin import AdminTokens
+from appliance.http.admin import admin_blueprint
 from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware, RequestContext
 from appliance.http.errors import install_error_handlers
 from appliance.http.inference import inference_blueprint
 from appliance.http.status import status_blueprint
+from appliance.routing.control import Control, OverrideBook
+from appliance.routing.health_monitor import HealthMonitor
+from appliance.routing.registry import Registry
+from appliance.routing.retry_budget import RetryBudget
+from appliance.routing.sqlite_override_store import SqliteOverrideStore
 from appliance.runtime import Runtime
 from appliance.settings_loader import LoadedConfig
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics
+from appliance.telemetry.routing_metrics import RoutingMetrics
 from appliance.upstream.client import BackendClient
-from appliance.upstream.forwarder import Forwarder
+from appliance.upstream.forwarder import Forwarder, RoutingParts
 
 
 @dataclass
@@ -30,6 +41,11 @@ class AppState:
     runtime: Runtime
     metrics: Metrics
     backends: BackendClient
+    registry: Registry
+    control: Control
+    health: HealthMonitor
+    overrides_store: SqliteOverrideStore
+    audit: SqliteAuditStore
 
     def current_runtime(self) -> Runtime:
         return self.runtime
@@ -44,11 +60,40 @@ class BuiltApp:
 
 def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     settings = config.settings
+    metrics = metrics or Metrics()
+    state_dir = Path(settings.state.dir)
+    registry = Registry.from_settings(settings)
+    book = OverrideBook(time.time)
+    backends = BackendClient(settings.backends, config.credentials)
+    overrides_store = SqliteOverrideStore(state_dir / "overrides.sqlite")
+    audit = SqliteAuditStore(state_dir / "audit.sqlite")
     state = AppState(
         config=config,
         runtime=Runtime.from_settings(settings),
-        metrics=metrics or Metrics(),
-        backends=BackendClient(settings.backends, config.credentials),
+        metrics=metrics,
+        backends=backends,
+        registry=registry,
+        control=Control(
+            registry=registry,
+            book=book,
+            store=overrides_store,
+            audit=audit,
+            wall=time.time,
+            monotonic=time.monotonic,
+        ),
+        health=HealthMonitor(registry, backends.probe, settings.routing, time.monotonic),
+        overrides_store=overrides_store,
+        audit=audit,
+    )
+    routing = RoutingParts(
+        registry=registry,
+        book=book,
+        budget=RetryBudget(
+            settings.routing.retry_budget_ratio, settings.routing.retry_budget_min_per_s
+        ),
+        observer=RoutingMetrics(metrics.registry, registry, time.monotonic),
+        monotonic=time.monotonic,
+        max_retries=settings.routing.max_retries,
     )
     app = Quart("routerctl")
     app.config.update(
@@ -61,13 +106,23 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     )
     install_error_handlers(app)
     app.register_blueprint(status_blueprint())
-    app.register_blueprint(inference_blueprint(state.current_runtime, Forwarder(state.backends)))
+    app.register_blueprint(
+        inference_blueprint(state.current_runtime, Forwarder(state.backends, routing))
+    )
+    app.register_blueprint(admin_blueprint(state.control, AdminTokens(settings.admin.tokens)))
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
+        await state.overrides_store.open()
+        await state.audit.open()
+        await state.control.load()
         await state.backends.open()
+        state.health.start()
         yield
+        await state.health.stop()
         await state.backends.close()
+        await state.audit.close()
+        await state.overrides_store.close()
 
     access_log = _access_logger(settings.telemetry.access_log)
     edge = EdgeMiddleware(

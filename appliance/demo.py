@@ -5,6 +5,7 @@ The key is fixed so the README's curl works as printed; the demo listens on loop
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import AsyncExitStack
 
 from appliance.auth.keyring import hash_key
@@ -31,6 +32,7 @@ async def start_demo(
     stack: AsyncExitStack, listen: str = "127.0.0.1:8080", metrics_listen: str = "127.0.0.1:9090"
 ) -> LoadedConfig:
     """Start the demo's mock backends (stopped with `stack`) and return its config."""
+    state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="routerctl-demo-"))
     backends = []
     for index, name in enumerate(("mock-a", "mock-b")):
         mock = MockBackend(models=[DEMO_MODEL], seed=index)
@@ -39,7 +41,7 @@ async def start_demo(
         backends.append(Backend(id=name, url=mock.url, health_path="/health"))
     settings = Settings(
         server=ServerSettings(listen=listen, metrics_listen=metrics_listen),
-        state=StateSettings(dir="./routerctl-demo-state"),
+        state=StateSettings(dir=state_dir),
         telemetry=TelemetrySettings(log_format="console"),
         backends=tuple(backends),
         models=(

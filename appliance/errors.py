@@ -184,6 +184,14 @@ class BackendsSaturated(RouterError):
     default_message = "Every backend for this model is at its concurrency limit; retry shortly."
 
 
+class NoBackendAvailable(RouterError):
+    status = 503
+    type = "server_error"
+    code = "no_backend_available"
+    retriable = True
+    default_message = "Every backend for this model is drained or has already failed this request."
+
+
 class UpstreamTimeout(RouterError):
     status = 504
     type = "server_error"

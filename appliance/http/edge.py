@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import (
@@ -55,6 +55,10 @@ class RequestContext:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     outcome: str = "ok"
+    decision: str | None = None
+    attempts: int = 0
+    # Run once the response is over, however it ended (a stream never read included).
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +119,14 @@ class EdgeMiddleware:
             context.outcome = error.code
             await _send_error(send_with_id, error)
         finally:
-            if context.duration_s == 0.0:
-                # The response never completed (client gone, task cancelled): still count it.
-                self._finish(context, started, default_outcome="client_disconnected")
+            self._close(context, started)
+
+    def _close(self, context: RequestContext, started: float) -> None:
+        for cleanup in context.cleanups:
+            cleanup()
+        if context.duration_s == 0.0:
+            # The response never completed (client gone, task cancelled): still count it.
+            self._finish(context, started, default_outcome="client_disconnected")
 
     def _finish(self, context: RequestContext, started: float, default_outcome: str = "") -> None:
         context.duration_s = time.perf_counter() - started or 1e-9

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 import msgspec
@@ -10,9 +9,9 @@ from quart import Blueprint, Response, request
 
 from appliance.errors import ModelNotFound
 from appliance.http.edge import RequestContext, request_context
-from appliance.routing.selection import pick_weighted
+from appliance.routing.engine import Decision
 from appliance.runtime import Runtime
-from appliance.upstream.forwarder import Forwarder
+from appliance.upstream.forwarder import Forwarder, RequestHooks
 from appliance.upstream.payload import Endpoint, parse_request
 from appliance.upstream.usage import Usage
 
@@ -23,7 +22,6 @@ _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 def inference_blueprint(get_runtime: Callable[[], Runtime], forwarder: Forwarder) -> Blueprint:
     bp = Blueprint("inference", __name__)
-    rng = random.Random()
 
     async def handle(endpoint: Endpoint) -> Response:
         runtime = get_runtime()
@@ -38,11 +36,12 @@ def inference_blueprint(get_runtime: Callable[[], Runtime], forwarder: Forwarder
                 f"The model '{parsed.model}' does not exist or you do not have access to it.",
                 param="model",
             )
-        target = pick_weighted(route.targets, rng)
-        context.backend = target.backend_id
-        relayed = await forwarder.forward(
-            parsed, target, context.request_id, _usage_recorder(context)
+        hooks = RequestHooks(
+            on_decision=_decision_recorder(context),
+            on_done=_usage_recorder(context),
+            defer=context.cleanups.append,
         )
+        relayed = await forwarder.forward(parsed, route, context.request_id, hooks)
         if relayed.stream is None:
             return Response(relayed.body, status=relayed.status, content_type=relayed.content_type)
         response = Response(
@@ -79,6 +78,15 @@ def inference_blueprint(get_runtime: Callable[[], Runtime], forwarder: Forwarder
         return Response(msgspec.json.encode({"object": "list", "data": data}), content_type=_JSON)
 
     return bp
+
+
+def _decision_recorder(context: RequestContext) -> Callable[[Decision, int], None]:
+    def record(decision: Decision, attempt: int) -> None:
+        context.backend = decision.target.backend_id
+        context.decision = decision.kind.value
+        context.attempts = attempt + 1
+
+    return record
 
 
 def _usage_recorder(context: RequestContext) -> Callable[[Usage | None, str], None]:

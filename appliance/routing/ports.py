@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from appliance.routing.overrides import Override
@@ -34,18 +35,37 @@ class Clock(Protocol):
 
 
 class BackendView(Protocol):
-    """A backend's configuration and live state, as the admin API shows it."""
+    """A backend's configuration and live state, as the admin API shows it (read-only)."""
 
-    id: str
-    models: tuple[str, ...]
-    weight: float  # configured
-    effective_weight: float  # configured x override factor
-    health: str  # "healthy" | "unhealthy" | "ejected" | "unknown"
-    inflight: int
-    max_concurrency: int  # 0 = unlimited
-    ewma_latency_ms: float | None
-    ejections: int
-    override: Override | None  # the degrade/drain in force, if any
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def models(self) -> tuple[str, ...]: ...
+
+    @property
+    def weight(self) -> float: ...  # configured
+
+    @property
+    def effective_weight(self) -> float: ...  # configured x override factor
+
+    @property
+    def health(self) -> str: ...  # "healthy" | "unhealthy" | "ejected" | "unknown"
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def max_concurrency(self) -> int: ...  # 0 = unlimited
+
+    @property
+    def ewma_latency_ms(self) -> float | None: ...
+
+    @property
+    def ejections(self) -> int: ...
+
+    @property
+    def override(self) -> Override | None: ...  # the degrade/drain in force, if any
 
 
 class RoutingControl(Protocol):
@@ -55,7 +75,7 @@ class RoutingControl(Protocol):
     InvalidRequest (e.g. a factor outside 0 < f < 1).
     """
 
-    def backends(self) -> list[BackendView]: ...
+    def backends(self) -> Sequence[BackendView]: ...
 
     def overrides(self) -> list[Override]:
         """Overrides in force now (expired ones are not shown)."""
@@ -78,3 +98,15 @@ class RoutingControl(Protocol):
     ) -> Override: ...
 
     async def clear(self, override_id: str, reason: str, actor: str) -> Override: ...
+
+
+class RoutingObserver(Protocol):
+    """Where routing reports what it did (metrics); implemented in telemetry."""
+
+    def attempt(self, backend_id: str, kind: str, success: bool, latency_s: float) -> None: ...
+
+    def failover(self, from_backend: str, to_backend: str, reason: str) -> None: ...
+
+    def decision(self, seconds: float) -> None: ...
+
+    def ejected(self, backend_id: str) -> None: ...

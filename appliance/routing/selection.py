@@ -22,6 +22,7 @@ class Target:
 class ModelRoute:
     name: str
     targets: tuple[Target, ...]
+    strategy: str = "weighted"
 
 
 class RouteTable:
@@ -43,7 +44,7 @@ class RouteTable:
                 )
                 for r in model.backends
             )
-            routes[model.name] = ModelRoute(model.name, targets)
+            routes[model.name] = ModelRoute(model.name, targets, model.strategy)
         return cls(routes)
 
     def get(self, model: str) -> ModelRoute | None:

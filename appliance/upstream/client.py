@@ -9,6 +9,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -32,7 +33,9 @@ _LARGE_BODY = 1024 * 1024
 class _BackendEndpoint:
     backend: Backend
     base_url: str
+    health_url: str
     headers: Mapping[str, str]
+    probe_headers: Mapping[str, str]
     timeout: aiohttp.ClientTimeout
 
 
@@ -89,22 +92,7 @@ class BackendClient:
     def __init__(
         self, backends: tuple[Backend, ...], credentials: Mapping[str, BackendCredentials]
     ) -> None:
-        self._endpoints = {
-            b.id: _BackendEndpoint(
-                backend=b,
-                base_url=b.url.rstrip("/"),
-                headers={
-                    "content-type": "application/json",
-                    "accept-encoding": "identity",
-                    **{k.lower(): v for k, v in b.headers.items()},
-                    **credentials[b.id].headers,
-                },
-                timeout=aiohttp.ClientTimeout(
-                    total=b.total_timeout_s, sock_connect=b.connect_timeout_s
-                ),
-            )
-            for b in backends
-        }
+        self._endpoints = {b.id: _endpoint(b, credentials[b.id]) for b in backends}
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -126,6 +114,22 @@ class BackendClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def probe(self, backend_id: str, timeout_s: float) -> bool:
+        """GET the backend's health path; True on any 2xx within the timeout."""
+        if self._session is None:
+            return False
+        endpoint = self._endpoints[backend_id]
+        try:
+            async with self._session.get(
+                endpoint.health_url,
+                headers=endpoint.probe_headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
+            ) as response:
+                return 200 <= response.status < 300
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def post(
         self, backend_id: str, path: str, body: bytes, request_id: str
@@ -154,3 +158,26 @@ class BackendClient:
         except aiohttp.ClientError:
             raise UpstreamError("The backend closed the connection without answering.") from None
         return UpstreamResponse(backend_id, response)
+
+
+def _endpoint(backend: Backend, credentials: BackendCredentials) -> _BackendEndpoint:
+    fixed = {
+        **{k.lower(): v for k, v in backend.headers.items()},
+        **credentials.headers,
+    }
+    return _BackendEndpoint(
+        backend=backend,
+        base_url=backend.url.rstrip("/"),
+        health_url=_origin(backend.url) + backend.health_path,
+        headers={"content-type": "application/json", "accept-encoding": "identity", **fixed},
+        probe_headers=fixed,
+        timeout=aiohttp.ClientTimeout(
+            total=backend.total_timeout_s, sock_connect=backend.connect_timeout_s
+        ),
+    )
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL: health paths live at the server's root, not under /v1."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -1,24 +1,170 @@
-"""Forward one inference request to the backend a decision names, and relay the answer."""
+"""Forward one inference request: decide, send, fail over before the first byte, relay.
+
+A failed attempt (connect error, timeout to first byte, 5xx, or a JSON answer that breaks
+while being read) is retried on another backend while the retry budget allows. Once a
+stream's first byte is on its way to the client, it is never retried.
+"""
 
 from __future__ import annotations
 
-from appliance.routing.selection import Target
-from appliance.upstream.client import BackendClient
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance.errors import (
+    NoBackendAvailable,
+    RouterError,
+    UpstreamError,
+)
+from appliance.routing.control import OverrideBook
+from appliance.routing.engine import Decision, decide
+from appliance.routing.ports import RoutingObserver
+from appliance.routing.registry import Registry
+from appliance.routing.retry_budget import RetryBudget
+from appliance.routing.selection import ModelRoute
+from appliance.upstream.client import BackendClient, UpstreamResponse
 from appliance.upstream.payload import InferenceRequest, render_upstream
 from appliance.upstream.relay import Relayed, UsageCallback, relay_stream, relay_whole
+from appliance.upstream.usage import Usage
+
+DecisionCallback = Callable[[Decision, int], None]  # (decision, attempt number from 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingParts:
+    registry: Registry
+    book: OverrideBook
+    budget: RetryBudget
+    observer: RoutingObserver
+    monotonic: Callable[[], float]
+    max_retries: int
 
 
 class Forwarder:
-    def __init__(self, client: BackendClient) -> None:
+    def __init__(self, client: BackendClient, routing: RoutingParts) -> None:
         self._client = client
+        self._r = routing
+        self._rng = random.Random()
 
     async def forward(
-        self, request: InferenceRequest, target: Target, request_id: str, on_done: UsageCallback
+        self,
+        request: InferenceRequest,
+        route: ModelRoute,
+        request_id: str,
+        hooks: RequestHooks,
     ) -> Relayed:
-        body = render_upstream(request, target.upstream_model)
-        upstream = await self._client.post(
-            target.backend_id, request.endpoint.value, body, request_id
-        )
-        if request.stream and upstream.status == 200 and upstream.is_event_stream:
-            return relay_stream(upstream, on_done)
-        return await relay_whole(upstream, on_done)
+        r = self._r
+        r.budget.record_request(r.monotonic())
+        tried: list[str] = []
+        last_error: RouterError | None = None
+        for attempt in range(1 + r.max_retries):
+            if attempt and not r.budget.try_retry(r.monotonic()):
+                break
+            decision = self._decide(route, tried, last_error)
+            if decision is None:
+                break
+            if attempt:
+                r.observer.failover(tried[-1], decision.target.backend_id, _reason(last_error))
+            hooks.on_decision(decision, attempt)
+            relayed, last_error = await self._attempt(request, decision, request_id, hooks)
+            if relayed is not None:
+                return relayed
+            tried.append(decision.target.backend_id)
+        assert last_error is not None
+        raise last_error
+
+    def _decide(
+        self, route: ModelRoute, tried: list[str], last: RouterError | None
+    ) -> Decision | None:
+        r = self._r
+        started = r.monotonic()
+        try:
+            decision = decide(
+                route, r.registry, r.book.active(), tried=tried, now=started, rng=self._rng
+            )
+        except NoBackendAvailable:
+            if last is not None:
+                return None  # every backend tried: answer with the last real failure
+            raise
+        r.observer.decision(r.monotonic() - started)
+        return decision
+
+    async def _attempt(
+        self,
+        request: InferenceRequest,
+        decision: Decision,
+        request_id: str,
+        hooks: RequestHooks,
+    ) -> tuple[Relayed | None, RouterError | None]:
+        """One try on one backend: the relayed answer, or the error to fail over from."""
+        backend = decision.target.backend_id
+        body = render_upstream(request, decision.target.upstream_model)
+        ledger = _Ledger(self._r, backend, decision.kind.value)
+        try:
+            upstream = await self._client.post(backend, request.endpoint.value, body, request_id)
+            if request.stream and upstream.status == 200 and upstream.is_event_stream:
+                # Settled when the stream ends; the deferred close covers a stream never read.
+                hooks.defer(lambda: ledger.abandon(upstream))
+                return relay_stream(upstream, ledger.settle_with(hooks.on_done)), None
+            answer = await upstream.read()
+        except RouterError as exc:
+            ledger.settle(ok=False)
+            return None, exc
+        except BaseException:
+            ledger.abandon(None)  # cancelled: the client left; not the backend's fault
+            raise
+        if upstream.status >= 500:
+            ledger.settle(ok=False)
+            return None, UpstreamError(f"The backend answered HTTP {upstream.status}.")
+        ledger.settle(ok=True)
+        return relay_whole(upstream, answer, hooks.on_done), None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHooks:
+    """How the forwarder reports back to the request it serves."""
+
+    on_decision: DecisionCallback
+    on_done: UsageCallback
+    defer: Callable[[Callable[[], None]], None]  # run at the request's very end
+
+
+class _Ledger:
+    """Accounts one attempt exactly once: in-flight, latency, passive health, metrics."""
+
+    __slots__ = ("_backend", "_done", "_kind", "_r", "_started")
+
+    def __init__(self, routing: RoutingParts, backend: str, kind: str) -> None:
+        self._r, self._backend, self._kind = routing, backend, kind
+        self._started = routing.monotonic()
+        self._done = False
+        routing.registry.begin(backend)
+
+    def settle(self, ok: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        r = self._r
+        now = r.monotonic()
+        latency = now - self._started
+        if r.registry.end(self._backend, ok, latency, now) is not None:
+            r.observer.ejected(self._backend)
+        r.observer.attempt(self._backend, self._kind, ok, latency)
+
+    def abandon(self, upstream: UpstreamResponse | None) -> None:
+        if upstream is not None:
+            upstream.close()
+        if not self._done:
+            self._done = True
+            self._r.registry.abandon(self._backend)
+
+    def settle_with(self, on_done: UsageCallback) -> UsageCallback:
+        def done(usage: Usage | None, outcome: str) -> None:
+            self.settle(ok=outcome in ("ok", "client_disconnected"))
+            on_done(usage, outcome)
+
+        return done
+
+
+def _reason(error: RouterError | None) -> str:
+    return error.code if error is not None else "unknown"

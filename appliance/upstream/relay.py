@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from appliance.errors import RouterError, UpstreamError, UpstreamStreamBroken
+from appliance.errors import RouterError, UpstreamStreamBroken
 from appliance.upstream.client import UpstreamResponse
 from appliance.upstream.usage import StreamScanner, Usage, usage_from_json
 
@@ -29,11 +29,8 @@ class Relayed:
     stream: AsyncIterator[bytes] | None = None
 
 
-async def relay_whole(upstream: UpstreamResponse, on_done: UsageCallback) -> Relayed:
-    """Read the full answer; backend 5xx become our 502, 2xx/4xx pass through unchanged."""
-    body = await upstream.read()
-    if upstream.status >= 500:
-        raise UpstreamError(f"The backend answered HTTP {upstream.status}.")
+def relay_whole(upstream: UpstreamResponse, body: bytes, on_done: UsageCallback) -> Relayed:
+    """A whole answer (2xx or the backend's own 4xx), passed through unchanged."""
     ok = upstream.status < 300
     on_done(usage_from_json(body) if ok else None, "ok" if ok else f"http_{upstream.status}")
     return Relayed(status=upstream.status, content_type=upstream.content_type, body=body)

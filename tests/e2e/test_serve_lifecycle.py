@@ -59,6 +59,9 @@ def write_config(tmp: Path, mock_url: str, key_lines: str, graceful_s: float) ->
 graceful_shutdown_s = {graceful_s}
 metrics_listen = ""
 
+[state]
+dir = "{tmp / "state"}"
+
 [[backends]]
 id = "mock"
 url = "{mock_url}"

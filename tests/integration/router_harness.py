@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,12 @@ BACKEND_SECRET = "backend-secret-value"
 
 
 def base_config(
-    mock_urls: Mapping[str, str], port: int, server_extra: str = "", max_body: int = 65536
+    mock_urls: Mapping[str, str],
+    port: int,
+    server_extra: str = "",
+    max_body: int = 65536,
+    state_dir: str = "",
+    extra: str = "",
 ) -> str:
     """A config with model `chat` over the given mocks, orgs, keys and one dead backend."""
     backends = "".join(
@@ -48,6 +54,11 @@ graceful_shutdown_s = 1
 
 [telemetry]
 log_level = "warning"
+
+[state]
+dir = "{state_dir}"
+
+{extra}
 
 {backends}
 [[backends]]
@@ -121,16 +132,25 @@ async def running_router(
     server_extra: str = "",
     mock_options: Mapping[str, float] | None = None,
     max_body: int = 65536,
+    extra: str = "",
 ) -> AsyncIterator[RouterUnderTest]:
     """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
     mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
+    state_dir = tempfile.TemporaryDirectory(prefix="routerctl-test-")
     try:
         for mock in mocks.values():
             await mock.start("127.0.0.1", 0)
         port = free_port()
-        text = base_config({n: m.url for n, m in mocks.items()}, port, server_extra, max_body)
+        text = base_config(
+            {n: m.url for n, m in mocks.items()},
+            port,
+            server_extra,
+            max_body,
+            state_dir.name,
+            extra,
+        )
         loaded = load_text(text, "test.toml", {"TEST_BACKEND_KEY": BACKEND_SECRET})
         built = build_app(loaded)
         config = hypercorn_config(loaded.settings.server)
@@ -145,6 +165,7 @@ async def running_router(
             await asyncio.wait_for(task, 10)
         for mock in mocks.values():
             await mock.stop()
+        state_dir.cleanup()
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, task: asyncio.Task[None]) -> None:

@@ -1,0 +1,200 @@
+"""A small synchronous client of the router's admin API, for the `backend`/`override` commands.
+
+Every failure becomes one `AdminError` whose message is one readable line for the operator:
+what went wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TypeVar
+
+import msgspec
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_ENV = "ROUTERCTL_URL"
+TOKEN_ENV = "ROUTERCTL_TOKEN"  # noqa: S105 - the variable's name, not a token
+DEFAULT_TIMEOUT_S = 5.0
+_MAX_MESSAGE = 300
+
+T = TypeVar("T")
+
+
+class AdminError(Exception):
+    """Anything that kept an admin call from succeeding; `str()` is one line."""
+
+
+class OverrideInfo(msgspec.Struct, frozen=True):
+    id: str
+    kind: str
+    backend: str
+    model: str | None
+    factor: float
+    reason: str
+    actor: str
+    created_at: float
+    expires_at: float | None
+
+
+class BackendInfo(msgspec.Struct, frozen=True):
+    id: str
+    models: list[str]
+    weight: float
+    effective_weight: float
+    health: str
+    inflight: int
+    max_concurrency: int
+    ewma_latency_ms: float | None
+    ejections: int
+    override: OverrideInfo | None
+
+
+class _Backends(msgspec.Struct, frozen=True):
+    data: list[BackendInfo]
+
+
+class _Overrides(msgspec.Struct, frozen=True):
+    data: list[OverrideInfo]
+
+
+class _Removed(msgspec.Struct, frozen=True):
+    removed: list[OverrideInfo]
+
+
+class _ErrorDetail(msgspec.Struct, frozen=True):
+    message: str = ""
+    code: str | None = None
+
+
+class _ErrorBody(msgspec.Struct, frozen=True):
+    error: _ErrorDetail
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise AdminError(f"invalid router URL {url!r}: expected http://HOST:PORT")
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout_s = timeout_s
+        # No proxies: an http_proxy meant for the internet must not see admin tokens.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @classmethod
+    def from_env(cls, url: str | None = None) -> AdminClient:
+        """`url`, else $ROUTERCTL_URL, else the default; the token from $ROUTERCTL_TOKEN."""
+        return cls(url or os.environ.get(URL_ENV) or DEFAULT_URL, os.environ.get(TOKEN_ENV))
+
+    def backends(self) -> list[BackendInfo]:
+        return self._call("GET", "/v1/admin/backends", None, _Backends).data
+
+    def degrade(
+        self, backend_id: str, weight: float, reason: str, ttl_s: float | None
+    ) -> OverrideInfo:
+        body = {"weight": weight, "reason": reason, "ttl_s": ttl_s}
+        return self._call("POST", _backend_path(backend_id, "degrade"), body, OverrideInfo)
+
+    def drain(self, backend_id: str, reason: str, ttl_s: float | None) -> OverrideInfo:
+        body = {"reason": reason, "ttl_s": ttl_s}
+        return self._call("POST", _backend_path(backend_id, "drain"), body, OverrideInfo)
+
+    def restore(self, backend_id: str, reason: str) -> list[OverrideInfo]:
+        path = _backend_path(backend_id, "restore")
+        return self._call("POST", path, {"reason": reason}, _Removed).removed
+
+    def overrides(self) -> list[OverrideInfo]:
+        return self._call("GET", "/v1/admin/overrides", None, _Overrides).data
+
+    def pin(self, model: str, backend_id: str, reason: str, ttl_s: float | None) -> OverrideInfo:
+        body: dict[str, object] = {"kind": "pin", "model": model, "backend": backend_id}
+        body.update(reason=reason, ttl_s=ttl_s)
+        return self._call("POST", "/v1/admin/overrides", body, OverrideInfo)
+
+    def clear(self, override_id: str, reason: str) -> OverrideInfo:
+        path = f"/v1/admin/overrides/{_segment(override_id)}"
+        return self._call("DELETE", path, {"reason": reason}, OverrideInfo)
+
+    def _call(self, method: str, path: str, body: object, shape: type[T]) -> T:
+        if not self._token:
+            raise AdminError(
+                f"{TOKEN_ENV} is not set: export an admin token of the router "
+                "(mint one with `routerctl keys create-admin`)"
+            )
+        data = None if body is None else msgspec.json.encode(body)
+        req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - scheme checked in __init__
+        req.add_header("authorization", f"Bearer {self._token}")
+        req.add_header("accept", "application/json")
+        if data is not None:
+            req.add_header("content-type", "application/json")
+        raw = self._send(req)
+        try:
+            return msgspec.json.decode(raw, type=shape)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise AdminError(
+                f"unexpected answer from {self.url}{path} ({exc}); is this a routerctl router?"
+            ) from None
+
+    def _send(self, req: urllib.request.Request) -> bytes:
+        try:
+            with self._opener.open(req, timeout=self._timeout_s) as response:
+                payload: bytes = response.read()
+                return payload
+        except urllib.error.HTTPError as exc:
+            with exc:
+                detail = exc.read()
+            raise AdminError(http_error_message(self.url, exc.code, detail)) from None
+        except urllib.error.URLError as exc:
+            raise AdminError(connection_error_message(self.url, exc.reason)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise AdminError(connection_error_message(self.url, exc)) from None
+
+
+def http_error_message(url: str, status: int, body: bytes) -> str:
+    """One line for an HTTP error answer, using the router's own message where it sent one."""
+    try:
+        detail = msgspec.json.decode(body, type=_ErrorBody).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        detail = _ErrorDetail()
+    message = _one_line(detail.message) or f"HTTP {status} without an error message"
+    if status == 401:
+        return f"admin token rejected: {message} Set {TOKEN_ENV} to an admin token of this router."
+    if status == 403:
+        return f"permission denied: {message}"
+    if status == 404 and detail.code in (None, "not_found"):
+        return f"{message} Is {url} a routerctl router with the admin API?"
+    if status == 404:
+        return message
+    code = f" {detail.code}" if detail.code else ""
+    return f"router answered HTTP {status}{code}: {message}"
+
+
+def connection_error_message(url: str, reason: object) -> str:
+    """One line for a request that got no HTTP answer at all."""
+    if isinstance(reason, TimeoutError):
+        return f"router at {url} did not answer in time"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"cannot reach router at {url}: connection refused"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot reach router at {url}: unknown host"
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"cannot reach router at {url}: {reason.strerror.lower()}"
+    return f"cannot reach router at {url}: {_one_line(str(reason)) or type(reason).__name__}"
+
+
+def _backend_path(backend_id: str, action: str) -> str:
+    return f"/v1/admin/backends/{_segment(backend_id)}/{action}"
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MAX_MESSAGE else flat[: _MAX_MESSAGE - 1] + "…"
