@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -21,6 +21,23 @@ Synchronous = Literal["NORMAL", "FULL"]
 
 class StoreError(RuntimeError):
     """A SQLite store could not be opened or used; the message names the file."""
+
+
+class OpenCloseContext:
+    """`async with store:` for stores that have async open() and close()."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 class SqliteWorker:

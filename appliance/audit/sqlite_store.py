@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import msgspec
 
 from appliance.audit.events import AuditEvent
-from appliance.sqlite_support import SqliteWorker, StoreError
+from appliance.sqlite_support import OpenCloseContext, SqliteWorker, StoreError
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ _Row = tuple[Any, ...]
 _Waiter = tuple[_Row, asyncio.Future[None]]
 
 
-class SqliteAuditStore:
+class SqliteAuditStore(OpenCloseContext):
     """Audit events in one table; `open()`/`close()` or `async with`.
 
     Appends arriving together are committed in one transaction (group commit): each append
@@ -103,21 +102,9 @@ class SqliteAuditStore:
         """Finish the appends already accepted, then close the file."""
         self._closing = True
         if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
+            await asyncio.wait({self._writer})  # not gather: cancelling close() must not cancel it
             self._writer = None
         await self._worker.close()
-
-    async def __aenter__(self) -> SqliteAuditStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def append(self, event: AuditEvent) -> None:
         """Durably record one event (committed before returning).

@@ -88,21 +88,21 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
     @bp.post("/v1/admin/backends/<backend_id>/degrade")
     async def degrade(backend_id: str) -> Response:
         who = actor("operator")
-        body = parse_body(DegradeBody)
+        body = await parse_body(DegradeBody)
         made = await control.degrade(backend_id, body.weight, body.reason, who, body.ttl_s)
         return _json(render_override(made))
 
     @bp.post("/v1/admin/backends/<backend_id>/drain")
     async def drain(backend_id: str) -> Response:
         who = actor("operator")
-        body = parse_body(DrainBody)
+        body = await parse_body(DrainBody)
         made = await control.drain(backend_id, body.reason, who, body.ttl_s)
         return _json(render_override(made))
 
     @bp.post("/v1/admin/backends/<backend_id>/restore")
     async def restore(backend_id: str) -> Response:
         who = actor("operator")
-        body = parse_body(RestoreBody)
+        body = await parse_body(RestoreBody)
         removed = await control.restore(backend_id, body.reason, who)
         return _json({"removed": [render_override(o) for o in removed]})
 
@@ -114,7 +114,7 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
     @bp.post("/v1/admin/overrides")
     async def create_override() -> Response:
         who = actor("operator")
-        body = parse_body(PinBody)
+        body = await parse_body(PinBody)
         if body.kind != "pin":
             raise InvalidRequest(
                 "Only kind 'pin' can be created here; degrade and drain a backend with "
@@ -127,7 +127,7 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
     @bp.delete("/v1/admin/overrides/<override_id>")
     async def clear(override_id: str) -> Response:
         who = actor("operator")
-        body = parse_body(ClearBody, reason_from_query=True)
+        body = await parse_body(ClearBody, reason_from_query=True)
         return _json(render_override(await control.clear(override_id, body.reason, who)))
 
     return bp
@@ -163,9 +163,10 @@ def render_backend(backend: BackendView) -> dict[str, object]:
     }
 
 
-def parse_body(kind: type[_B], *, reason_from_query: bool = False) -> _B:
+async def parse_body(kind: type[_B], *, reason_from_query: bool = False) -> _B:
     """This request's JSON body as `kind`, or a 400 naming the offending field."""
-    raw = request_context(request.scope).body
+    # The edge buffers (and bounds) POST bodies; a DELETE body still waits in Quart.
+    raw = request_context(request.scope).body or await request.get_data()
     if not raw.strip():
         # DELETE clients often cannot send a body; they may say why in `?reason=` instead.
         query_reason = request.args.get("reason") if reason_from_query else None

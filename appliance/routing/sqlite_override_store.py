@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from appliance.routing.overrides import Override, OverrideKind
-from appliance.sqlite_support import SqliteWorker, StoreError
+from appliance.sqlite_support import OpenCloseContext, SqliteWorker, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS overrides (
@@ -33,7 +32,7 @@ _INSERT = (
 )
 
 
-class SqliteOverrideStore:
+class SqliteOverrideStore(OpenCloseContext):
     """Durable overrides, one row each, keyed by id.
 
     Use `await open()` / `await close()`, or `async with SqliteOverrideStore(path) as store`.
@@ -56,18 +55,6 @@ class SqliteOverrideStore:
 
     async def close(self) -> None:
         await self._worker.close()
-
-    async def __aenter__(self) -> SqliteOverrideStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def list(self) -> list[Override]:
         """Every stored override, expired ones included until purged, oldest first."""
