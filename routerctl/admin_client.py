@@ -150,9 +150,10 @@ class AdminClient:
                 detail = exc.read()
             raise AdminError(http_error_message(self.url, exc.code, detail)) from None
         except urllib.error.URLError as exc:
-            raise AdminError(connection_error_message(self.url, exc.reason)) from None
+            message = connection_error_message(self.url, exc.reason, self._timeout_s)
+            raise AdminError(message) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise AdminError(connection_error_message(self.url, exc)) from None
+            raise AdminError(connection_error_message(self.url, exc, self._timeout_s)) from None
 
 
 def http_error_message(url: str, status: int, body: bytes) -> str:
@@ -174,10 +175,11 @@ def http_error_message(url: str, status: int, body: bytes) -> str:
     return f"router answered HTTP {status}{code}: {message}"
 
 
-def connection_error_message(url: str, reason: object) -> str:
+def connection_error_message(url: str, reason: object, timeout_s: float | None = None) -> str:
     """One line for a request that got no HTTP answer at all."""
     if isinstance(reason, TimeoutError):
-        return f"router at {url} did not answer in time"
+        within = f" within {timeout_s:g} s" if timeout_s is not None else " in time"
+        return f"router at {url} did not answer{within}"
     if isinstance(reason, ConnectionRefusedError):
         return f"cannot reach router at {url}: connection refused"
     if isinstance(reason, socket.gaierror):

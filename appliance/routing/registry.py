@@ -3,7 +3,7 @@
 Times passed in are monotonic seconds. Passive health is Envoy's consecutive-failure outlier
 detection: `consecutive_failures` request failures eject a backend for base x times-ejected
 (capped), never more than `max_ejection_percent` of a model's backends at once (but at least
-one). A successful active probe returns an ejected backend early, as Envoy does by default.
+one). A probe that succeeds after failing returns an ejected backend early.
 """
 
 from __future__ import annotations
@@ -127,10 +127,13 @@ class Registry:
         state = self.backends[backend_id]
         before = state.routable(now)
         if ok:
+            was_failing = state.probe_streak < 0
             state.probe_streak = max(state.probe_streak, 0) + 1
             if state.probe_ok is None or state.probe_streak >= self.policy.healthy_threshold:
                 state.probe_ok = True
-                if state.ejected(now):
+                # Back early only when probes saw it down and now see it up (a restart): a
+                # backend whose /health says OK while it answers 500 stays ejected.
+                if was_failing and state.ejected(now):
                     state.ejected_until = now  # back early, as Envoy does on a good probe
                     state.last_ejection_end = now
                     state.consecutive_failures = 0

@@ -65,9 +65,11 @@ class FakeRoutingControl:
     backends_by_id: dict[str, FakeBackend] = field(default_factory=dict)
     overrides_by_id: dict[str, Override] = field(default_factory=dict)
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    now: float = NOW  # the fake's clock for created_at and expiries
     _next: int = 0
 
-    def reset(self) -> None:
+    def reset(self, now: float = NOW) -> None:
+        self.now = now
         self.backends_by_id = {
             "gpu-a": FakeBackend(
                 "gpu-a", ("chat", "embed"), 2.0, 2.0, "healthy", 3, 8, 123.4, 0, None
@@ -200,9 +202,9 @@ class FakeRoutingControl:
         ttl_s: float | None,
     ) -> Override:
         self._next += 1
-        expires = None if ttl_s is None else NOW + ttl_s
+        expires = None if ttl_s is None else self.now + ttl_s
         return Override(
-            f"ov-{self._next}", kind, backend, model, factor, reason, actor, NOW, expires
+            f"ov-{self._next}", kind, backend, model, factor, reason, actor, self.now, expires
         )
 
 
@@ -233,7 +235,7 @@ def admin_server() -> Iterator[AdminServer]:
     stop = asyncio.Event()
     thread = threading.Thread(
         target=loop.run_until_complete,
-        args=(serve(app, config, shutdown_trigger=stop.wait),),  # type: ignore[arg-type]
+        args=(serve(app, config, shutdown_trigger=stop.wait),),
         daemon=True,
     )
     thread.start()

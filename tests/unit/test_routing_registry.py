@@ -95,13 +95,23 @@ def test_probes_mark_unhealthy_and_healthy_with_thresholds() -> None:
     assert reg.get("b0").routable(4)
 
 
-def test_good_probe_returns_an_ejected_backend_early() -> None:
-    """A successful probe ends an outlier ejection, as Envoy does by default."""
-    reg = registry(consecutive_failures=1, base_ejection_s=30)
+def test_recovering_probe_returns_an_ejected_backend_early() -> None:
+    """A probe succeeding after failures (a restart) ends an outlier ejection early."""
+    reg = registry(consecutive_failures=1, base_ejection_s=30, unhealthy_threshold=5)
     fail(reg, "b0", 1, now=0)
+    reg.record_probe("b0", ok=False, now=1)
     assert not reg.get("b0").routable(1)
     assert reg.record_probe("b0", ok=True, now=2) is True
     assert reg.get("b0").routable(2)
+
+
+def test_probe_that_never_failed_does_not_undo_an_ejection() -> None:
+    """A backend whose health check passes while its requests fail stays ejected."""
+    reg = registry(consecutive_failures=1, base_ejection_s=30)
+    reg.record_probe("b0", ok=True, now=0)
+    fail(reg, "b0", 1, now=0)
+    assert reg.record_probe("b0", ok=True, now=2) is False
+    assert reg.get("b0").health(2) is Health.EJECTED
 
 
 def test_panic_when_nothing_is_routable() -> None:
