@@ -146,7 +146,8 @@ async def test_least_loaded_sends_less_to_a_slow_backend() -> None:
             await load(router, workers=6, seconds=1.5, model=model)
             slow = router.mocks["m1"].stats()["requests"]
             fast = router.mocks["m0"].stats()["requests"]
-            assert isinstance(slow, int) and isinstance(fast, int)
+            assert isinstance(slow, int)
+            assert isinstance(fast, int)
             return slow / (slow + fast)
 
         weighted = await share_of_slow("chat")
