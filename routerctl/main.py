@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from routerctl.commands import config_cmd, keys, mock_backend, serve, version
+from routerctl.commands import backend, config_cmd, keys, mock_backend, override, serve, version
 
 app = typer.Typer(
     name="routerctl",
@@ -18,6 +18,8 @@ app.command("mock-backend")(mock_backend.mock_backend)
 app.command("version")(version.version)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(keys.app, name="keys")
+app.add_typer(backend.app, name="backend")
+app.add_typer(override.app, name="override")
 
 
 def run() -> None:

@@ -33,7 +33,7 @@ AccessLog = Callable[["RequestContext"], None]
 
 CONTEXT_KEY = "routerctl.context"
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BAD_LENGTH = -1
 
 

@@ -9,6 +9,7 @@ from appliance.errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     RouterError,
 )
 from appliance.http.edge import request_context
@@ -17,6 +18,7 @@ from appliance.telemetry.logging import get_logger
 _log = get_logger("routerctl.http")
 _BY_STATUS: dict[int, type[RouterError]] = {
     404: NotFound,
+    413: PayloadTooLarge,
     405: MethodNotAllowed,
 }
 

@@ -14,6 +14,8 @@ KNOWN_ROUTES = frozenset(
         "/v1/models",
         "/v1/status/healthz",
         "/v1/status/readyz",
+        "/v1/admin/backends",
+        "/v1/admin/overrides",
     }
 )
 _LATENCY_BUCKETS = (

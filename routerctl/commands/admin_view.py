@@ -78,7 +78,12 @@ def print_value(value: object) -> None:
 
 
 def print_table(table: Table) -> None:
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        # Pipes and logs have no width to fit: print whole rows, so `grep` sees every id.
+        natural = console.measure(table, options=console.options.update_width(10_000))
+        console = Console(width=max(console.width, natural.maximum))
+    console.print(table)
 
 
 def format_duration(seconds: float) -> str:
@@ -107,9 +112,11 @@ def override_summary(override: OverrideInfo, now: float) -> str:
 
 def backends_table(backends: Sequence[BackendInfo], now: float) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("ID", "HEALTH", "WEIGHT", "EFFECTIVE", "INFLIGHT", "LATENCY ms", "OVERRIDE"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("MODELS")
+    table.add_column("ID", no_wrap=True, min_width=max((len(b.id) for b in backends), default=2))
+    # In a narrow terminal headers and long cells wrap; ids and health never do.
+    table.add_column("HEALTH", no_wrap=True)
+    for name in ("WEIGHT", "EFFECTIVE", "INFLIGHT", "LATENCY ms", "OVERRIDE", "MODELS"):
+        table.add_column(name)
     for b in backends:
         inflight = f"{b.inflight}/{b.max_concurrency}" if b.max_concurrency else str(b.inflight)
         table.add_row(
@@ -127,7 +134,8 @@ def backends_table(backends: Sequence[BackendInfo], now: float) -> Table:
 
 def overrides_table(overrides: Sequence[OverrideInfo], now: float) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("ID", "KIND", "BACKEND", "MODEL", "FACTOR", "EXPIRES", "ACTOR"):
+    table.add_column("ID", no_wrap=True, min_width=max((len(o.id) for o in overrides), default=2))
+    for name in ("KIND", "BACKEND", "MODEL", "FACTOR", "EXPIRES", "ACTOR"):
         table.add_column(name, no_wrap=True)
     table.add_column("REASON")
     for o in overrides:

@@ -7,12 +7,14 @@ import errno
 import os
 import signal
 from collections.abc import Coroutine
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from appliance.mock.server import MockBackend
 from routerctl.commands.output import fail
+
+if TYPE_CHECKING:
+    from appliance.mock.server import MockBackend
 
 
 def mock_backend(
@@ -54,6 +56,9 @@ def mock_backend(
         if not key:
             fail(f"--require-key-env: environment variable {require_key_env} is not set", code=2)
     try:
+        # Imported here: aiohttp would slow every other routerctl command's start.
+        from appliance.mock.server import MockBackend  # noqa: PLC0415
+
         backend = MockBackend(
             models=model or ["demo"],
             latency_ms=latency_ms,

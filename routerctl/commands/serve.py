@@ -5,16 +5,20 @@ from __future__ import annotations
 import errno
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
 
-from appliance.demo import DEMO_KEY, DEMO_MODEL, start_demo
-from appliance.server import ConfigSource, run
 from appliance.settings import ServerSettings, parse_listen
 from appliance.settings_loader import ConfigError, LoadedConfig, load_file
 from routerctl.commands.output import fail, fail_lines
+
+if TYPE_CHECKING:
+    from appliance.server import ConfigSource
+
+# appliance.server and appliance.demo pull in quart, hypercorn and aiohttp: they are imported
+# inside the functions that serve, so admin commands start in a fraction of the time.
 
 
 def serve(
@@ -42,6 +46,8 @@ def serve(
         source, on_started = _file_source(config, listen, metrics_listen), None
     else:
         source, on_started = _demo_source(listen, metrics_listen), _demo_banner
+    from appliance.server import run  # noqa: PLC0415
+
     try:
         code = run(source, on_started)
     except OSError as exc:
@@ -73,6 +79,8 @@ def _file_source(path: Path, listen: str | None, metrics_listen: str | None) -> 
 
 
 def _demo_source(listen: str | None, metrics_listen: str | None) -> ConfigSource:
+    from appliance.demo import start_demo  # noqa: PLC0415
+
     async def from_demo(stack: AsyncExitStack) -> LoadedConfig:
         metrics = "127.0.0.1:9090" if metrics_listen is None else metrics_listen
         return await start_demo(stack, listen or "127.0.0.1:8080", metrics)
@@ -94,6 +102,8 @@ def _override(loaded: LoadedConfig, listen: str | None, metrics_listen: str | No
 
 
 def _demo_banner(loaded: LoadedConfig) -> None:
+    from appliance.demo import DEMO_KEY, DEMO_MODEL  # noqa: PLC0415
+
     server: ServerSettings = loaded.settings.server
     url = f"http://{server.listen}/v1"
     typer.echo(

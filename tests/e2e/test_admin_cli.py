@@ -46,8 +46,8 @@ def cli(
     url_env: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run routerctl with ROUTERCTL_URL/ROUTERCTL_TOKEN set for `server` (none inherited)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTERCTL_")}
-    env["COLUMNS"] = "200"  # rich tables are as wide as the terminal; tests have none
+    # No COLUMNS either: piped output must keep whole rows whatever the terminal was.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTERCTL_") and k != "COLUMNS"}
     url = url_env or (server.url if server is not None else None)
     if url is not None:
         env["ROUTERCTL_URL"] = url

@@ -28,6 +28,7 @@ BACKEND_SECRET = "backend-secret-value"
 def base_config(
     mock_urls: Mapping[str, str],
     port: int,
+    *,
     server_extra: str = "",
     max_body: int = 65536,
     state_dir: str = "",
@@ -146,10 +147,10 @@ async def running_router(
         text = base_config(
             {n: m.url for n, m in mocks.items()},
             port,
-            server_extra,
-            max_body,
-            state_dir.name,
-            extra,
+            server_extra=server_extra,
+            max_body=max_body,
+            state_dir=state_dir.name,
+            extra=extra,
         )
         loaded = load_text(text, "test.toml", {"TEST_BACKEND_KEY": BACKEND_SECRET})
         built = build_app(loaded)
