@@ -130,16 +130,18 @@ class RouterUnderTest:
 @asynccontextmanager
 async def running_router(
     mock_count: int = 1,
+    *,
     server_extra: str = "",
     mock_options: Mapping[str, float] | None = None,
     max_body: int = 65536,
     extra: str = "",
+    state_dir: str | None = None,
 ) -> AsyncIterator[RouterUnderTest]:
     """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
     mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
-    state_dir = tempfile.TemporaryDirectory(prefix="routerctl-test-")
+    own_state = tempfile.TemporaryDirectory(prefix="routerctl-test-")
     try:
         for mock in mocks.values():
             await mock.start("127.0.0.1", 0)
@@ -149,7 +151,7 @@ async def running_router(
             port,
             server_extra=server_extra,
             max_body=max_body,
-            state_dir=state_dir.name,
+            state_dir=state_dir or own_state.name,
             extra=extra,
         )
         loaded = load_text(text, "test.toml", {"TEST_BACKEND_KEY": BACKEND_SECRET})
@@ -166,7 +168,7 @@ async def running_router(
             await asyncio.wait_for(task, 10)
         for mock in mocks.values():
             await mock.stop()
-        state_dir.cleanup()
+        own_state.cleanup()
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, task: asyncio.Task[None]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from appliance.routing.registry import Health
 from tests.integration.router_harness import RouterUnderTest, chat, running_router
@@ -153,3 +154,18 @@ async def test_least_loaded_sends_less_to_a_slow_backend() -> None:
         weighted = await share_of_slow("chat")
         least = await share_of_slow("ll")
         assert least < weighted / 2, (least, weighted)
+
+
+async def test_overrides_survive_a_restart(tmp_path: Path) -> None:
+    """An override set before a restart still applies after it; an expired one does not."""
+    state = str(tmp_path)
+    async with running_router(mock_count=2, state_dir=state) as router:
+        await router.state.control.drain("m0", reason="maintenance", actor="t", ttl_s=None)
+        await router.state.control.degrade("m1", 0.5, reason="slow", actor="t", ttl_s=0.2)
+    await asyncio.sleep(0.3)
+    async with running_router(mock_count=2, state_dir=state) as router:
+        [kept] = router.state.control.overrides()
+        assert (kept.kind, kept.backend) == ("drain", "m0")
+        for _ in range(10):
+            await (await router.post("/v1/chat/completions", chat())).read()
+        assert router.mocks["m0"].requests() == []
