@@ -22,10 +22,14 @@ from appliance.routing.ports import RoutingObserver
 from appliance.routing.registry import Registry
 from appliance.routing.retry_budget import RetryBudget
 from appliance.routing.selection import ModelRoute
+from appliance.telemetry.logging import get_logger
 from appliance.upstream.client import BackendClient, UpstreamResponse
 from appliance.upstream.payload import InferenceRequest, render_upstream
 from appliance.upstream.relay import Relayed, UsageCallback, relay_stream, relay_whole
 from appliance.upstream.usage import Usage
+
+_PANIC_LOG_INTERVAL_S = 10.0
+_log = get_logger("routerctl.routing")
 
 DecisionCallback = Callable[[Decision, int], None]  # (decision, attempt number from 0)
 
@@ -45,6 +49,7 @@ class Forwarder:
         self._client = client
         self._r = routing
         self._rng = random.Random()
+        self._panic_logged: dict[str, float] = {}
 
     async def forward(
         self,
@@ -87,7 +92,15 @@ class Forwarder:
                 return None  # every backend tried: answer with the last real failure
             raise
         r.observer.decision(r.monotonic() - started)
+        if decision.panic:
+            self._log_panic(route.name, started)
         return decision
+
+    def _log_panic(self, model: str, now: float) -> None:
+        # Once per model per interval: panic is a state, not an event per request.
+        if now - self._panic_logged.get(model, -_PANIC_LOG_INTERVAL_S) >= _PANIC_LOG_INTERVAL_S:
+            self._panic_logged[model] = now
+            _log.warning("panic_mode", model=model, detail="no healthy backend; using all")
 
     async def _attempt(
         self,

@@ -169,3 +169,25 @@ async def test_overrides_survive_a_restart(tmp_path: Path) -> None:
         for _ in range(10):
             await (await router.post("/v1/chat/completions", chat())).read()
         assert router.mocks["m0"].requests() == []
+
+
+SATURATED = """
+[routing]
+health_interval_s = 60
+"""
+
+
+async def test_full_backends_answer_503_with_retry_after() -> None:
+    """When every backend is at max_concurrency, the next request gets 503 backends_saturated."""
+    async with running_router(mock_count=1, extra=SATURATED) as router:
+        # The harness config has no max_concurrency; set the live limit it would produce.
+        router.state.registry.get("m0").max_concurrency = 1
+        slow = asyncio.create_task(
+            router.post("/v1/chat/completions", chat("[mock:latency_ms=800]"))
+        )
+        await asyncio.sleep(0.3)
+        response = await router.post("/v1/chat/completions", chat())
+        assert response.status == 503
+        assert response.headers["retry-after"] == "1"
+        assert (await response.json())["error"]["code"] == "backends_saturated"
+        assert (await slow).status == 200
