@@ -1,0 +1,1 @@
+"""Rate limits (token buckets), concurrency limits and budgets."""
