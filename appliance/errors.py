@@ -7,6 +7,8 @@ exactly what is worth retrying (`retriable`).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import msgspec
@@ -27,10 +29,12 @@ class RouterError(Exception):
         *,
         param: str | None = None,
         retry_after_s: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.message = message or self.default_message
         self.param = param
         self.retry_after_s = retry_after_s
+        self.extra_headers = dict(headers or {})
         super().__init__(self.message)
 
     def body(self) -> bytes:
@@ -38,9 +42,11 @@ class RouterError(Exception):
         return encode_error(self.message, self.type, self.code, self.param)
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after_s is None:
-            return {}
-        return {"retry-after": str(max(1, round(self.retry_after_s)))}
+        headers = dict(self.extra_headers)
+        if self.retry_after_s is not None:
+            # Whole seconds, rounded up: a client retrying early is denied again.
+            headers["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers
 
 
 def encode_error(message: str, type_: str, code: str, param: str | None = None) -> bytes:
@@ -152,6 +158,31 @@ class HeadersTooLarge(RouterError):
     default_message = "The request headers are larger than the router accepts."
 
 
+class RateLimitExceeded(RouterError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    retriable = True
+    default_message = "Rate limit reached; retry after the time in Retry-After."
+
+
+class ConcurrencyLimitExceeded(RouterError):
+    status = 429
+    type = "requests"
+    code = "concurrency_limit_exceeded"
+    retriable = True
+    default_message = "Too many requests in flight; retry when one finishes."
+
+
+class BudgetExceeded(RouterError):
+    """Not retriable: SDKs must not retry a spent budget forever (OpenAI's insufficient_quota)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+    default_message = "The organization's monthly budget is spent."
+
+
 class InternalError(RouterError):
     """Anything unexpected: the message never carries the exception's text."""
 
@@ -190,6 +221,14 @@ class NoBackendAvailable(RouterError):
     code = "no_backend_available"
     retriable = True
     default_message = "Every backend for this model is drained or has already failed this request."
+
+
+class LimiterUnavailable(RouterError):
+    status = 503
+    type = "server_error"
+    code = "limiter_unavailable"
+    retriable = True
+    default_message = "Rate limits cannot be checked right now; retry shortly."
 
 
 class UpstreamTimeout(RouterError):

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.errors import InvalidApiKey, KeyDisabled, OrgDisabled
+from appliance.limits.policy import LimitPolicy, build_policy
 from appliance.settings import Settings
 
 KEY_PREFIX = "rk-"
@@ -20,8 +21,7 @@ class Principal:
     key_id: str
     org_id: str
     models: frozenset[str] | None  # None = every model
-    rpm: int
-    tpm: int
+    limits: LimitPolicy
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -65,8 +65,7 @@ class Keyring:
                 key_id=key.id,
                 org_id=org.id,
                 models=_allowed(org.models, key.models),
-                rpm=key.rpm,
-                tpm=key.tpm,
+                limits=build_policy(org, key),
             )
             self._by_hash[key.sha256] = _Entry(principal, key.disabled, org.disabled)
 

@@ -7,8 +7,10 @@ from collections.abc import Callable
 import msgspec
 from quart import Blueprint, Response, request
 
-from appliance.errors import ModelNotFound
+from appliance.errors import ModelNotFound, RouterError
 from appliance.http.edge import RequestContext, request_context
+from appliance.limits.limiter import Limiter, Permit
+from appliance.limits.policy import estimate_tokens
 from appliance.routing.engine import Decision
 from appliance.runtime import Runtime
 from appliance.upstream.forwarder import Forwarder, RequestHooks
@@ -20,7 +22,9 @@ _JSON = "application/json"
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def inference_blueprint(get_runtime: Callable[[], Runtime], forwarder: Forwarder) -> Blueprint:
+def inference_blueprint(
+    get_runtime: Callable[[], Runtime], forwarder: Forwarder, limiter: Limiter
+) -> Blueprint:
     bp = Blueprint("inference", __name__)
 
     async def handle(endpoint: Endpoint) -> Response:
@@ -36,19 +40,33 @@ def inference_blueprint(get_runtime: Callable[[], Runtime], forwarder: Forwarder
                 f"The model '{parsed.model}' does not exist or you do not have access to it.",
                 param="model",
             )
+        estimate = estimate_tokens(
+            parsed.payload, parsed.max_tokens, runtime.settings.limits.default_max_tokens
+        )
+        permit = await limiter.admit(principal.limits, estimate, context.request_id)
+        context.cleanups.append(lambda: limiter.release(permit))
         hooks = RequestHooks(
             on_decision=_decision_recorder(context),
-            on_done=_usage_recorder(context),
+            on_done=_usage_recorder(context, limiter, permit, route.prices),
             defer=context.cleanups.append,
         )
-        relayed = await forwarder.forward(parsed, route, context.request_id, hooks)
+        try:
+            relayed = await forwarder.forward(parsed, route, context.request_id, hooks)
+        except RouterError:
+            limiter.settle(permit, 0, 0, route.prices)  # no backend served it: refund
+            raise
         if relayed.stream is None:
-            return Response(relayed.body, status=relayed.status, content_type=relayed.content_type)
+            return Response(
+                relayed.body,
+                status=relayed.status,
+                content_type=relayed.content_type,
+                headers=permit.headers,
+            )
         response = Response(
             relayed.stream,
             status=relayed.status,
             content_type=relayed.content_type,
-            headers=_STREAM_HEADERS,
+            headers={**_STREAM_HEADERS, **permit.headers},
         )
         response.timeout = None  # streams last as long as the backend's total timeout allows
         return response
@@ -89,11 +107,14 @@ def _decision_recorder(context: RequestContext) -> Callable[[Decision, int], Non
     return record
 
 
-def _usage_recorder(context: RequestContext) -> Callable[[Usage | None, str], None]:
+def _usage_recorder(
+    context: RequestContext, limiter: Limiter, permit: Permit, prices: tuple[float, float]
+) -> Callable[[Usage | None, str], None]:
     def record(usage: Usage | None, outcome: str) -> None:
         context.outcome = outcome
         if usage is not None:
             context.prompt_tokens = usage.prompt_tokens
             context.completion_tokens = usage.completion_tokens
+            limiter.settle(permit, usage.prompt_tokens, usage.completion_tokens, prices)
 
     return record

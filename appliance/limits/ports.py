@@ -106,8 +106,24 @@ __all__ = [
     "BudgetAuthority",
     "BudgetStatus",
     "ConcurrencyStore",
+    "LimitObserver",
     "LimiterBackendError",
     "Pingable",
     "SpendStore",
 ]
 
+
+class LimitObserver(Protocol):
+    """Where the limiter reports what it decided (metrics); implemented in telemetry."""
+
+    def denied(self, org: str, scope: str, limit: str, shadow: bool) -> None: ...
+
+    def budget_denied(self, org: str, shadow: bool) -> None: ...
+
+    def spent(self, org: str, total_usd: float) -> None: ...
+
+    def degraded(self, on: bool) -> None: ...
+
+    def backend_error(self) -> None: ...
+
+    def decision(self, seconds: float) -> None: ...

@@ -23,6 +23,7 @@ class ModelRoute:
     name: str
     targets: tuple[Target, ...]
     strategy: str = "weighted"
+    prices: tuple[float, float] = (0.0, 0.0)  # USD per 1k input, output tokens
 
 
 class RouteTable:
@@ -44,7 +45,12 @@ class RouteTable:
                 )
                 for r in model.backends
             )
-            routes[model.name] = ModelRoute(model.name, targets, model.strategy)
+            routes[model.name] = ModelRoute(
+                model.name,
+                targets,
+                model.strategy,
+                (model.input_price_per_1k, model.output_price_per_1k),
+            )
         return cls(routes)
 
     def get(self, model: str) -> ModelRoute | None:

@@ -1,0 +1,122 @@
+"""Which limits apply to a request, what it costs, and the headers that report them (pure)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.limits.ports import BucketReading, BucketSpec
+from appliance.settings import ApiKey, Org
+
+_SECONDS_PER_MINUTE = 60.0
+_CHARS_PER_TOKEN = 4  # the usual rough ratio for English text with BPE tokenizers
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One configured limit: scope ("org" or "key"), owner id, name, value, shadow or not."""
+
+    scope: str
+    owner: str
+    name: str  # "rpm" | "tpm" | "max_concurrent"
+    value: int
+    shadow: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}:{self.owner}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitPolicy:
+    """Every limit of one key and its org; built once per config snapshot, read per request."""
+
+    org: str
+    key_id: str
+    rates: tuple[Limit, ...]  # rpm and tpm limits, org first
+    concurrency: tuple[Limit, ...]
+    budget_usd: float  # 0 = none (unless an external authority is configured)
+    budget_shadow: bool
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.rates or self.concurrency)
+
+
+def build_policy(org: Org, key: ApiKey) -> LimitPolicy:
+    rates: list[Limit] = []
+    concurrency: list[Limit] = []
+    scopes: tuple[tuple[str, str, Org | ApiKey], ...] = (("org", org.id, org), ("key", key.id, key))
+    for scope, owner, item in scopes:
+        for name, value in (("rpm", item.rpm), ("tpm", item.tpm)):
+            if value:
+                rates.append(Limit(scope, owner, name, value, name in item.shadow))
+        if item.max_concurrent:
+            concurrency.append(
+                Limit(
+                    scope,
+                    owner,
+                    "max_concurrent",
+                    item.max_concurrent,
+                    "max_concurrent" in item.shadow,
+                )
+            )
+    return LimitPolicy(
+        org=org.id,
+        key_id=key.id,
+        rates=tuple(rates),
+        concurrency=tuple(concurrency),
+        budget_usd=org.monthly_budget_usd,
+        budget_shadow="monthly_budget_usd" in org.shadow,
+    )
+
+
+def bucket_spec(limit: Limit, estimate_tokens: int, share: float = 1.0) -> BucketSpec:
+    """A per-minute limit as a bucket: capacity one minute's worth, refilled evenly.
+
+    `share` < 1 is a replica's slice while the shared store is down.
+    """
+    capacity = max(limit.value * share, 1.0)
+    cost = 1.0 if limit.name == "rpm" else float(estimate_tokens)
+    return BucketSpec(limit.key, capacity, capacity / _SECONDS_PER_MINUTE, cost)
+
+
+def estimate_tokens(payload: dict[str, Any], max_tokens: int | None, default_max: int) -> int:
+    """Prompt estimate (characters / 4) plus the completion the client allows."""
+    chars = 0
+    for field in ("messages", "prompt", "input"):
+        chars += _text_length(payload.get(field))
+    return max(1, math.ceil(chars / _CHARS_PER_TOKEN)) + (max_tokens or default_max)
+
+
+def _text_length(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_length(v) for v in value)
+    if isinstance(value, dict):
+        return _text_length(value.get("content")) + _text_length(value.get("text"))
+    return 0
+
+
+def rate_headers(limits: tuple[Limit, ...], readings: tuple[BucketReading, ...]) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers from the tightest request and token buckets."""
+    headers: dict[str, str] = {}
+    for name, suffix in (("rpm", "requests"), ("tpm", "tokens")):
+        pairs = [(lim, r) for lim, r in zip(limits, readings, strict=True) if lim.name == name]
+        if not pairs:
+            continue
+        limit, reading = min(pairs, key=lambda p: p[1].remaining / max(p[1].capacity, 1.0))
+        headers[f"x-ratelimit-limit-{suffix}"] = str(limit.value)
+        headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, math.floor(reading.remaining)))
+        headers[f"x-ratelimit-reset-{suffix}"] = format_duration(reading.reset_s)
+    return headers
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's style: "1s", "6m0s", "0.5s"."""
+    if seconds < 1:
+        return f"{max(seconds, 0):.3g}s"
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
