@@ -5,13 +5,19 @@ This is the only module that chooses implementations and wires them together.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from quart import Quart
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from appliance.audit.sink import AuditSink
 from appliance.audit.sqlite_store import SqliteAuditStore
 from appliance.auth.admin import AdminTokens
 from appliance.http.admin import admin_blueprint
@@ -19,18 +25,31 @@ from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware, 
 from appliance.http.errors import install_error_handlers
 from appliance.http.inference import inference_blueprint
 from appliance.http.status import status_blueprint
+from appliance.limits.budget_gate import BudgetGate
+from appliance.limits.budget_service import HttpBudgetAuthority
+from appliance.limits.concurrency import LeaseKeeper, MemoryConcurrencyStore, RedisConcurrencyStore
+from appliance.limits.limiter import Limiter, LimiterStores, background
+from appliance.limits.memory_store import MemoryBucketStore
+from appliance.limits.ports import LimiterBackendError
+from appliance.limits.redis_store import RedisBucketStore
+from appliance.limits.spend_redis import RedisSpendStore
+from appliance.limits.spend_sqlite import SqliteSpendStore
 from appliance.routing.control import Control, OverrideBook
 from appliance.routing.health_monitor import HealthMonitor
 from appliance.routing.registry import Registry
 from appliance.routing.retry_budget import RetryBudget
 from appliance.routing.sqlite_override_store import SqliteOverrideStore
 from appliance.runtime import Runtime
+from appliance.settings import Settings
 from appliance.settings_loader import LoadedConfig
+from appliance.telemetry.limit_metrics import LimitMetrics
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.routing_metrics import RoutingMetrics
 from appliance.upstream.client import BackendClient
 from appliance.upstream.forwarder import Forwarder, RoutingParts
+
+_log = get_logger("routerctl.app")
 
 
 @dataclass
@@ -46,6 +65,7 @@ class AppState:
     health: HealthMonitor
     overrides_store: SqliteOverrideStore
     audit: SqliteAuditStore
+    limits: LimitParts
 
     def current_runtime(self) -> Runtime:
         return self.runtime
@@ -84,6 +104,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         health=HealthMonitor(registry, backends.probe, settings.routing, time.monotonic),
         overrides_store=overrides_store,
         audit=audit,
+        limits=_limits(settings, state_dir, metrics, AuditSink(audit)),
     )
     routing = RoutingParts(
         registry=registry,
@@ -107,7 +128,9 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     install_error_handlers(app)
     app.register_blueprint(status_blueprint())
     app.register_blueprint(
-        inference_blueprint(state.current_runtime, Forwarder(state.backends, routing))
+        inference_blueprint(
+            state.current_runtime, Forwarder(state.backends, routing), state.limits.limiter
+        )
     )
     app.register_blueprint(admin_blueprint(state.control, AdminTokens(settings.admin.tokens)))
 
@@ -117,9 +140,11 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         await state.audit.open()
         await state.control.load()
         await state.backends.open()
+        await state.limits.open()
         state.health.start()
         yield
         await state.health.stop()
+        await state.limits.close()
         await state.backends.close()
         await state.audit.close()
         await state.overrides_store.close()
@@ -137,6 +162,101 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     )
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
+
+
+@dataclass
+class LimitParts:
+    """The limiter and what it owns: stores, clients, background tasks."""
+
+    limiter: Limiter
+    sink: AuditSink
+    spend: SqliteSpendStore | RedisSpendStore
+    redis: Redis | None = None
+    buckets: RedisBucketStore | None = None
+    keeper: LeaseKeeper | None = None
+    authority: HttpBudgetAuthority | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def open(self) -> None:
+        if isinstance(self.spend, SqliteSpendStore):
+            await self.spend.open()
+        if self.buckets is not None:
+            try:
+                await self.buckets.open()
+            except LimiterBackendError as exc:
+                # Redis down at start: serve in the failure mode; the store retries itself.
+                _log.warning("limiter_store_unavailable_at_start", error=str(exc))
+        if self.keeper is not None:
+            self.keeper.start()
+
+    async def close(self) -> None:
+        if self.keeper is not None:
+            await self.keeper.stop()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.sink.drain()
+        if self.authority is not None:
+            await self.authority.close()
+        if isinstance(self.spend, SqliteSpendStore):
+            await self.spend.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def _limits(settings: Settings, state_dir: Path, metrics: Metrics, sink: AuditSink) -> LimitParts:
+    """Embedded (in-process buckets, SQLite spend) or shared (Redis), chosen here only."""
+    limits = settings.limits
+    local_buckets, local_slots = MemoryBucketStore(), MemoryConcurrencyStore()
+    tasks: set[asyncio.Task[None]] = set()
+    redis: Redis | None = None
+    buckets: RedisBucketStore | None = None
+    keeper: LeaseKeeper | None = None
+    spend: SqliteSpendStore | RedisSpendStore
+    if settings.state.redis_url:
+        # A blocking pool queues callers for a connection (each call is still bounded by
+        # redis_timeout_s) instead of failing past max_connections.
+        pool = BlockingConnectionPool.from_url(
+            settings.state.redis_url,
+            max_connections=64,
+            timeout=2.0,
+            # Each store call is bounded by redis_timeout_s; socket timeouts only clean up.
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            health_check_interval=10,
+            # One immediate retry replaces a stale pooled connection after a Redis restart.
+            retry=Retry(NoBackoff(), 1),
+        )
+        redis = Redis.from_pool(pool)
+        buckets = RedisBucketStore(redis, timeout_s=limits.redis_timeout_s)
+        slots = RedisConcurrencyStore(
+            redis, lease_s=limits.concurrency_lease_s, timeout_s=limits.redis_timeout_s
+        )
+        keeper = LeaseKeeper(slots)
+        spend = RedisSpendStore(redis, timeout_s=limits.redis_timeout_s)
+        stores = LimiterStores(buckets, slots, local_buckets, local_slots, shared=True)
+    else:
+        spend = SqliteSpendStore(state_dir / "spend.sqlite")
+        stores = LimiterStores(local_buckets, local_slots, local_buckets, local_slots, shared=False)
+    authority = None
+    if settings.budget.service_url:
+        authority = HttpBudgetAuthority(
+            aiohttp.ClientSession,
+            settings.budget.service_url,
+            ttl_s=settings.budget.cache_ttl_s,
+            timeout_s=settings.budget.timeout_s,
+        )
+    limiter = Limiter(
+        stores=stores,
+        budgets=BudgetGate(spend, authority, time.time, time.monotonic),
+        fail_open=settings.state.redis_failure_mode == "open",
+        expected_replicas=limits.expected_replicas,
+        observer=LimitMetrics(metrics.registry),
+        audit=sink,
+        spawn=background(tasks),
+        wall=time.time,
+        monotonic=time.monotonic,
+    )
+    return LimitParts(limiter, sink, spend, redis, buckets, keeper, authority, tasks)
 
 
 def _access_logger(enabled: bool) -> AccessLog:
