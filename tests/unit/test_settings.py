@@ -137,12 +137,10 @@ def test_bad_listen_in_file() -> None:
 
 
 def test_settings_not_enforced_yet_are_refused() -> None:
-    """Limits this version cannot enforce are refused rather than silently ignored."""
-    text = (
-        GOOD.replace('id = "acme"', 'id = "acme"\nrpm = 10')
-        + '\n[state]\nredis_url = "redis://x"\n'
-    )
+    """Features this version cannot honour yet are refused rather than silently ignored."""
+    text = GOOD.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8080"\nworkers = 2')
+    text += '\n[telemetry]\notlp_endpoint = "http://collector:4317"\n'
     assert problems_of(text, {"A_KEY": "x"}) == [
-        "r.toml:24: state.redis_url: not supported by this version yet; leave the default",
-        "r.toml:16: orgs[0].rpm: not supported by this version yet; leave the default",
+        "r.toml:4: server.workers: not supported by this version yet; leave the default",
+        "r.toml:24: telemetry.otlp_endpoint: not supported by this version yet; leave the default",
     ]
