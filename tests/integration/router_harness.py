@@ -33,6 +33,7 @@ def base_config(
     max_body: int = 65536,
     state_dir: str = "",
     extra: str = "",
+    state_extra: str = "",
 ) -> str:
     """A config with model `chat` over the given mocks, orgs, keys and one dead backend."""
     backends = "".join(
@@ -58,6 +59,7 @@ log_level = "warning"
 
 [state]
 dir = "{state_dir}"
+{state_extra}
 
 {extra}
 
@@ -136,6 +138,7 @@ async def running_router(
     max_body: int = 65536,
     extra: str = "",
     state_dir: str | None = None,
+    state_extra: str = "",
 ) -> AsyncIterator[RouterUnderTest]:
     """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
     mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
@@ -153,6 +156,7 @@ async def running_router(
             max_body=max_body,
             state_dir=state_dir or own_state.name,
             extra=extra,
+            state_extra=state_extra,
         )
         loaded = load_text(text, "test.toml", {"TEST_BACKEND_KEY": BACKEND_SECRET})
         built = build_app(loaded)
