@@ -210,6 +210,12 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def _backend_problems(settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
+    redis_url = settings.state.redis_url
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append((("state", "redis_url"), "must start with redis://, rediss:// or unix://"))
+    service = settings.budget.service_url
+    if service and not service.startswith(("http://", "https://")):
+        problems.append((("budget", "service_url"), "must start with http:// or https://"))
     for i, backend in enumerate(settings.backends):
         if not backend.url.startswith(("http://", "https://")):
             problems.append((("backends", i, "url"), "must start with http:// or https://"))
