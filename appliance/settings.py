@@ -76,6 +76,24 @@ class RoutingSettings(_Section, frozen=True):
     retry_budget_min_per_s: NonNegFloat = 3.0  # retries always allowed at a trickle
 
 
+class UsageSettings(_Section, frozen=True):
+    """Usage records: the durable outbox in the state dir and where it is published."""
+
+    sink: Literal["file", "kafka", "none"] = "file"
+    file_path: str = ""  # "" = {state.dir}/usage.jsonl
+    file_max_mb: PositiveFloat = 100.0  # rotate the JSON-lines file at this size
+    file_keep: Annotated[int, Meta(ge=1, le=1000)] = 10  # rotated files kept
+    kafka_bootstrap: tuple[str, ...] = ()
+    kafka_topic: str = "routerctl.usage"
+    kafka_audit_topic: str = "routerctl.audit"
+    kafka_acks: Literal["all", "1"] = "all"
+    kafka_compression: Literal["none", "gzip"] = "gzip"
+    max_buffer_mb: PositiveFloat = 512.0  # outbox bound
+    on_full: Literal["reject", "drop_oldest"] = "reject"
+    batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 500  # records per publish
+    lookup_retention_days: PositiveFloat = 30.0  # GET /v1/usage/{id} answers this long
+
+
 class Backend(_Section, frozen=True):
     id: Identifier
     url: str  # base URL including the API prefix, e.g. "http://10.0.0.5:8000/v1"
@@ -157,6 +175,7 @@ class Settings(_Section, frozen=True):
     routing: RoutingSettings = RoutingSettings()
     limits: LimitSettings = LimitSettings()
     budget: BudgetSettings = BudgetSettings()
+    usage: UsageSettings = UsageSettings()
     backends: tuple[Backend, ...] = ()
     models: tuple[Model, ...] = ()
     orgs: tuple[Org, ...] = ()
@@ -213,6 +232,8 @@ def _backend_problems(settings: Settings) -> list[Problem]:
     redis_url = settings.state.redis_url
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append((("state", "redis_url"), "must start with redis://, rediss:// or unix://"))
+    if settings.usage.sink == "kafka" and not settings.usage.kafka_bootstrap:
+        problems.append((("usage", "kafka_bootstrap"), 'required when sink = "kafka"'))
     service = settings.budget.service_url
     if service and not service.startswith(("http://", "https://")):
         problems.append((("budget", "service_url"), "must start with http:// or https://"))

@@ -103,33 +103,40 @@ def metric(router: Service, name: str) -> float | None:
 
 def verify(
     router: Service, valkey: Service, ok_requests: int
-) -> tuple[dict[str, object], list[str]]:
-    """After the run: did the limits really go through Redis, without a failed call?
+) -> tuple[dict[str, object], list[str], list[str]]:
+    """After the run: did the limits really go through Redis? Returns facts, failures, warnings.
 
-    Each admitted request is one EVALSHA on the way in (the 4-bucket take), plus one per tpm
-    bucket when its usage settles (the estimate is never exact here), so Redis must have served
-    at least as many EVALSHAs as the good responses wrk counted. Failed Redis calls on the
-    request path are 503s (closed mode) and already fail their case; failed settlements happen
-    in the background and show up only in `router_limiter_backend_errors_total`.
+    Each admitted request is one EVALSHA on the way in (the 4-bucket take) and, as the estimate
+    is never exact here, one per tpm bucket when its usage settles: 3 in all. So valkey must
+    have served at least as many EVALSHAs as wrk counted good responses, or the row measured
+    something else (a failure). A Redis call that fails on the request path is a 503 (closed
+    mode) and already fails its case; a settlement that fails (e.g. its 50 ms timeout under
+    saturation) happens in the background, leaves the answer intact and is only counted in
+    `router_limiter_backend_errors_total`: a warning, with the router's log lines about it.
     """
     time.sleep(0.2)  # let the last background settlements land
+    calls = evalsha_calls(valkey)
+    errors = metric(router, "router_limiter_backend_errors_total")
+    degraded = metric(router, "router_limiter_degraded")
     found: dict[str, object] = {
-        "redis_evalsha_calls": evalsha_calls(valkey),
-        "limiter_backend_errors": metric(router, "router_limiter_backend_errors_total"),
-        "limiter_degraded": metric(router, "router_limiter_degraded"),
+        "redis_evalsha_calls": calls,
         "good_requests_measured": ok_requests,
+        "limiter_backend_errors": errors,
+        "limiter_degraded": degraded,
     }
-    notes = []
-    calls = found["redis_evalsha_calls"]
-    if not isinstance(calls, int) or calls < ok_requests:
-        notes.append(
+    failures, warnings = [], []
+    if calls is None or calls < ok_requests:
+        failures.append(
             f"{router.name}: valkey served {calls} EVALSHA calls for {ok_requests:,} good "
             "requests measured: its limits did not all go through Redis."
         )
-    errors, degraded = found["limiter_backend_errors"], found["limiter_degraded"]
-    if errors != 0 or degraded != 0:
-        notes.append(
-            f"{router.name}: router_limiter_backend_errors_total={errors}, "
-            f"router_limiter_degraded={degraded} (want 0 and 0): Redis calls failed."
+    if degraded != 0:
+        failures.append(f"{router.name}: router_limiter_degraded={degraded} after the run.")
+    if errors != 0:
+        seen = [line for line in router.log_tail(10_000).splitlines() if "limiter_" in line]
+        warnings.append(
+            f"{router.name}: {errors} failed Redis calls (router_limiter_backend_errors_total);"
+            " none on the request path (that would be a 503). Last log lines about them:\n"
+            + "\n".join(seen[-3:])
         )
-    return found, notes
+    return found, failures, warnings

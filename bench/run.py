@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -120,10 +121,18 @@ def run_cases(cases: list[Case], args: argparse.Namespace) -> list[list[Result]]
     return measured
 
 
-def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str], dict[str, object]]:
-    """Start the services, run every case, stop the services; returns results, notes, checks."""
+@dataclass(slots=True)
+class Outcome:
+    measured: list[list[Result]]  # per case, one result per round
+    notes: list[str] = field(default_factory=list)  # each one fails the run
+    warnings: list[str] = field(default_factory=list)  # printed, do not fail the run
+    redis_limits: dict[str, object] = field(default_factory=dict)  # limits.verify's facts
+
+
+def bench(args: argparse.Namespace) -> Outcome:
+    """Start the services, run every case, stop the services."""
     notes: list[str] = []
-    checks: dict[str, object] = {}
+    outcome = Outcome([], notes)
     with (
         tempfile.TemporaryDirectory(prefix="routerctl-bench-") as tmp_name,
         ExitStack() as stack,
@@ -149,7 +158,7 @@ def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str], dict
                 notes.append(f"{target} did not start; its row is missing.\n{exc}")
         targets = [t for t in args.targets if t in urls]
         cases = build_cases(urls, keys, args.concurrency, targets)
-        measured = run_cases(cases, args)
+        measured = outcome.measured = run_cases(cases, args)
         measured += [
             [Result(target, mode, concurrency, problem="did not start (see NOTE)")]
             for mode in MODES
@@ -161,15 +170,17 @@ def bench(args: argparse.Namespace) -> tuple[list[list[Result]], list[str], dict
             ran = [r for rounds in measured for r in rounds if r.target == target]
             if target == "routerctl+redis" and valkey is not None:
                 good = sum(r.ok_requests for r in ran)
-                checks, redis_notes = limits.verify(router, valkey, good)
-                notes += redis_notes
+                outcome.redis_limits, failures, outcome.warnings = limits.verify(
+                    router, valkey, good
+                )
+                notes += failures
                 if valkey.process.poll() is not None:
                     notes.append(f"valkey exited during the run:\n{valkey.log_tail()}")
             if router.process.poll() is not None:
                 notes.append(f"{target} exited during the run ({router.process.returncode}).")
             if any(not r.ok for r in ran) or router.process.poll() is not None:
                 notes.append(f"{target} log tail:\n{router.log_tail()}")
-    return measured, notes, checks
+    return outcome
 
 
 def _meta(args: argparse.Namespace) -> dict[str, object]:
@@ -195,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        measured, notes, redis_checks = bench(args)
+        outcome = bench(args)
     except StartupError as exc:
         print(f"bench: a baseline service did not start: {exc}", file=sys.stderr)
         return 1
+    measured, notes = outcome.measured, outcome.notes
     results = [loadgen.combine(rounds) for rounds in measured]
     comparisons = report.compare(results)
     checks = report.budget(results, comparisons)
@@ -207,13 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print()
         print(report.markdown_table(results, comparisons))
+    for warning in outcome.warnings:
+        print(f"\nWARNING: {warning}")
     for note in notes:
         print(f"\nNOTE: {note}")
     if args.json_out is not None:
         document = {"meta": _meta(args), **report.as_json(results, comparisons, checks)}
         document["notes"] = notes
-        if redis_checks:
-            document["redis_limits"] = redis_checks
+        document["warnings"] = outcome.warnings
+        if outcome.redis_limits:
+            document["redis_limits"] = outcome.redis_limits
         if args.rounds > 1:
             document["rounds"] = [[r.as_dict() for r in rounds] for rounds in measured]
         args.json_out.write_text(json.dumps(document, indent=2) + "\n")
