@@ -57,6 +57,7 @@ class RequestContext:
     outcome: str = "ok"
     decision: str | None = None
     attempts: int = 0
+    events_relayed: int = 0  # SSE data events passed to the client
     # Run once the response is over, however it ended (a stream never read included).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 

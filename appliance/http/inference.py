@@ -48,6 +48,7 @@ def inference_blueprint(
         hooks = RequestHooks(
             on_decision=_decision_recorder(context),
             on_done=_usage_recorder(context, limiter, permit, route.prices),
+            on_progress=_progress_recorder(context),
             defer=context.cleanups.append,
         )
         try:
@@ -103,6 +104,16 @@ def _decision_recorder(context: RequestContext) -> Callable[[Decision, int], Non
         context.backend = decision.target.backend_id
         context.decision = decision.kind.value
         context.attempts = attempt + 1
+
+    return record
+
+
+def _progress_recorder(context: RequestContext) -> Callable[[Usage | None, int], None]:
+    def record(usage: Usage | None, events: int) -> None:
+        context.events_relayed = events
+        if usage is not None:
+            context.prompt_tokens = usage.prompt_tokens
+            context.completion_tokens = usage.completion_tokens
 
     return record
 

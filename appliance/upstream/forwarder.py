@@ -25,7 +25,13 @@ from appliance.routing.selection import ModelRoute
 from appliance.telemetry.logging import get_logger
 from appliance.upstream.client import BackendClient, UpstreamResponse
 from appliance.upstream.payload import InferenceRequest, render_upstream
-from appliance.upstream.relay import Relayed, UsageCallback, relay_stream, relay_whole
+from appliance.upstream.relay import (
+    ProgressCallback,
+    Relayed,
+    UsageCallback,
+    relay_stream,
+    relay_whole,
+)
 from appliance.upstream.usage import Usage
 
 _PANIC_LOG_INTERVAL_S = 10.0
@@ -118,7 +124,13 @@ class Forwarder:
             if request.stream and upstream.status == 200 and upstream.is_event_stream:
                 # Settled when the stream ends; the deferred close covers a stream never read.
                 hooks.defer(lambda: ledger.abandon(upstream))
-                return relay_stream(upstream, ledger.settle_with(hooks.on_done)), None
+                relayed = relay_stream(
+                    upstream,
+                    ledger.settle_with(hooks.on_done),
+                    hooks.on_progress,
+                    strip_usage_chunk=not request.include_usage,
+                )
+                return relayed, None
             answer = await upstream.read()
         except RouterError as exc:
             ledger.settle(ok=False)
@@ -139,6 +151,7 @@ class RequestHooks:
 
     on_decision: DecisionCallback
     on_done: UsageCallback
+    on_progress: ProgressCallback
     defer: Callable[[Callable[[], None]], None]  # run at the request's very end
 
 

@@ -75,10 +75,18 @@ def parse_request(endpoint: Endpoint, body: bytes) -> InferenceRequest:
 
 
 def render_upstream(request: InferenceRequest, upstream_model: str) -> bytes:
-    """The body for a backend: the client's body with the backend's model name."""
-    if upstream_model == request.model:
-        return _encoder.encode(request.payload)
-    return _encoder.encode({**request.payload, "model": upstream_model})
+    """The body for a backend: the client's body with the backend's model name.
+
+    Streams always ask for usage (the record of every request needs real token counts);
+    the relay removes the extra usage chunk when the client had not asked for it.
+    """
+    changes: dict[str, Any] = {}
+    if upstream_model != request.model:
+        changes["model"] = upstream_model
+    if request.stream and not request.include_usage:
+        options = request.payload.get("stream_options") or {}
+        changes["stream_options"] = {**options, "include_usage": True}
+    return _encoder.encode({**request.payload, **changes} if changes else request.payload)
 
 
 def _check_input(endpoint: Endpoint, payload: dict[str, Any]) -> None:

@@ -17,6 +17,8 @@ from appliance.upstream.usage import StreamScanner, Usage, usage_from_json
 # Called once per relayed answer with the usage seen and an outcome: "ok", an error code,
 # or "client_disconnected".
 UsageCallback = Callable[[Usage | None, str], None]
+# Called as a stream passes, with the usage seen so far and how many data events went by.
+ProgressCallback = Callable[[Usage | None, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,22 +38,37 @@ def relay_whole(upstream: UpstreamResponse, body: bytes, on_done: UsageCallback)
     return Relayed(status=upstream.status, content_type=upstream.content_type, body=body)
 
 
-def relay_stream(upstream: UpstreamResponse, on_done: UsageCallback) -> Relayed:
+def relay_stream(
+    upstream: UpstreamResponse,
+    on_done: UsageCallback,
+    on_progress: ProgressCallback,
+    strip_usage_chunk: bool,
+) -> Relayed:
     return Relayed(
         status=upstream.status,
         content_type=upstream.content_type,
-        stream=_stream(upstream, on_done),
+        stream=_stream(upstream, on_done, on_progress, StreamScanner(strip_usage_chunk)),
     )
 
 
-async def _stream(upstream: UpstreamResponse, on_done: UsageCallback) -> AsyncIterator[bytes]:
-    scanner = StreamScanner()
+async def _stream(
+    upstream: UpstreamResponse,
+    on_done: UsageCallback,
+    on_progress: ProgressCallback,
+    scanner: StreamScanner,
+) -> AsyncIterator[bytes]:
     failure: RouterError | None = None
     try:
         async for chunk in upstream.chunks():
-            scanner.feed(chunk)
-            yield chunk
-        scanner.finish()
+            out = scanner.feed(chunk)
+            # Before the bytes leave: the usage record may be committed as they go out.
+            on_progress(scanner.usage, scanner.events)
+            if out:
+                yield out
+        rest = scanner.finish()
+        on_progress(scanner.usage, scanner.events)
+        if rest:
+            yield rest
         if not scanner.done:
             failure = UpstreamStreamBroken("The backend ended the stream without [DONE].")
     except RouterError as exc:

@@ -42,37 +42,68 @@ def usage_from_json(body: bytes) -> Usage | None:
     return None if usage is None else Usage(usage.prompt_tokens, usage.completion_tokens)
 
 
-class StreamScanner:
-    """Watches SSE bytes as they pass: the last usage seen and whether `[DONE]` arrived.
+class _Chunk(msgspec.Struct):
+    usage: _UsageBlock | None = None
+    choices: list[msgspec.Raw] | None = None
 
-    Only complete events are inspected and only those mentioning usage are decoded, so
-    relaying a chunk costs a split and a substring search.
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+class StreamScanner:
+    """Watches SSE bytes as they pass: usage, `[DONE]`, and how many data events went by.
+
+    With `strip_usage_chunk` it also removes the usage-only chunk (`"choices": []`) that the
+    router asked the backend for on a client's behalf; then complete events are forwarded
+    as soon as they are complete. Otherwise bytes pass through exactly as they came. Only
+    events mentioning usage are decoded, so relaying a chunk costs a split and a search.
     """
 
-    __slots__ = ("_tail", "done", "usage")
+    __slots__ = ("_strip", "_tail", "done", "events", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, strip_usage_chunk: bool = False) -> None:
+        self._strip = strip_usage_chunk
         self._tail = b""
         self.usage: Usage | None = None
         self.done = False
+        self.events = 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
+        """Inspect a chunk; returns the bytes to forward to the client now."""
         data = self._tail + chunk if self._tail else chunk
         events = data.replace(b"\r\n", b"\n").split(b"\n\n")
         self._tail = events.pop()
-        for event in events:
-            self._inspect(event)
+        kept = [event for event in events if self._inspect(event)]
+        if not self._strip:
+            return chunk
+        return b"".join(event + b"\n\n" for event in kept)
 
-    def finish(self) -> None:
-        if self._tail.strip():
-            self._inspect(self._tail)
-        self._tail = b""
+    def finish(self) -> bytes:
+        """The stream ended: inspect what is left; returns any bytes still to forward."""
+        tail, self._tail = self._tail, b""
+        if not tail.strip():
+            return tail if self._strip else b""
+        keep = self._inspect(tail)
+        return tail if self._strip and keep else b""
 
-    def _inspect(self, event: bytes) -> None:
+    def _inspect(self, event: bytes) -> bool:
+        """Record what the event says; False when it is the usage chunk to strip."""
         for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
             if line.startswith(_DONE):
                 self.done = True
-            elif b'"usage"' in line and line.startswith(b"data:"):
-                found = usage_from_json(line[5:])
-                if found is not None:
-                    self.usage = found
+                continue
+            self.events += 1
+            if b'"usage"' not in line:
+                continue
+            try:
+                parsed = _chunk_decoder.decode(line[5:])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if parsed.usage is not None:
+                self.usage = Usage(parsed.usage.prompt_tokens, parsed.usage.completion_tokens)
+                if self._strip and parsed.choices == []:
+                    self.events -= 1
+                    return False
+        return True

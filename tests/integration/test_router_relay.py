@@ -208,3 +208,16 @@ async def test_metrics_count_requests() -> None:
         )
         assert 'status="400"} 1.0' in text
         assert "router_http_request_duration_seconds_bucket" in text
+
+
+async def test_usage_is_asked_for_and_hidden_when_client_did_not() -> None:
+    """A stream without include_usage still gets usage from the backend, invisible to the client."""
+    async with running_router() as router:
+        response = await router.post("/v1/chat/completions", chat("[mock:chunks=4]", stream=True))
+        body = await response.read()
+        seen = await _last_request(router)
+        assert seen["body"]["stream_options"] == {"include_usage": True}  # type: ignore[index]
+        events = [e for e in body.split(b"\n\n") if e]
+        assert len(events) == 5  # four content chunks and [DONE]
+        assert b'"usage":{' not in body
+        assert events[-1] == b"data: [DONE]"

@@ -1,0 +1,317 @@
+"""The usage outbox on a SQLite file in the state dir: group-committed, bounded, shareable.
+
+Durability: WAL with synchronous=NORMAL. A commit is in the WAL file (the kernel's page cache)
+when it returns, so it survives SIGKILL or any crash of the router process, which is what the
+usage guarantee promises. A power cut or kernel crash may lose the last commits before the
+next checkpoint; FULL would fsync every commit to cover that, at a cost the hot path can't pay.
+
+Several router processes may share the file: writes take the lock up front (BEGIN IMMEDIATE)
+and wait for it (busy_timeout), and the size bound lives in the file, kept by triggers, so every
+process and `routerctl buffer replay` see the same count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from appliance.sqlite_support import OpenCloseContext, SqliteWorker, StoreError
+from appliance.usage.ports import OutboxFull, OutboxItem, OutboxStats, Topic
+
+OnFull = Literal["reject", "drop_oldest"]
+
+_BUSY_TIMEOUT_MS = 10_000  # another worker's commit or a prune chunk takes milliseconds
+_PRUNE_CHUNK = 5_000  # rows per prune transaction, so appends are never held up for long
+
+# seq is AUTOINCREMENT so it is never reused, even after the newest rows are deleted:
+# publishers keep "last seq sent" as their whole cursor.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_size (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    records INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO outbox_size (id, records, bytes)
+    SELECT 1, count(*), coalesce(sum(length(payload)), 0) FROM outbox;
+CREATE TRIGGER IF NOT EXISTS outbox_size_insert AFTER INSERT ON outbox BEGIN
+    UPDATE outbox_size SET records = records + 1, bytes = bytes + length(NEW.payload);
+END;
+CREATE TRIGGER IF NOT EXISTS outbox_size_delete AFTER DELETE ON outbox BEGIN
+    UPDATE outbox_size SET records = records - 1, bytes = bytes - length(OLD.payload);
+END;
+CREATE TABLE IF NOT EXISTS usage_log (
+    record_id  TEXT PRIMARY KEY,
+    org        TEXT,
+    created_at REAL NOT NULL,
+    payload    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_log_created_at ON usage_log (created_at);
+"""
+_INSERT = "INSERT INTO outbox (topic, key, record_id, payload, created_at) VALUES (?, ?, ?, ?, ?)"
+# OR IGNORE: the first record stored for a request id is the one lookups answer with.
+_LOG = "INSERT OR IGNORE INTO usage_log (record_id, org, created_at, payload) VALUES (?, ?, ?, ?)"
+_PRUNE = (
+    "DELETE FROM usage_log WHERE rowid IN"
+    " (SELECT rowid FROM usage_log WHERE created_at < ? LIMIT ?)"
+)
+
+_Row = tuple[Topic, str, str, bytes, float]
+
+
+@dataclass(slots=True)
+class _Pending:
+    row: _Row
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Committed:
+    accepted: list[bool]  # per pending append, in order; False = refused for size
+    dropped: int
+    bytes: int
+
+
+class SqliteOutbox(OpenCloseContext):
+    """Outbox (see ports.py) plus the usage lookup log; `open()`/`close()` or `async with`.
+
+    Appends arriving within `batch_window_s` of each other, or while a commit is running,
+    share one transaction; each append returns only after its transaction committed.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        on_full: OnFull,
+        *,
+        batch_window_s: float = 0.002,
+        on_drop: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes < 1 or batch_window_s < 0:
+            raise ValueError("max_bytes must be positive and batch_window_s not negative")
+        self._worker = SqliteWorker(
+            path, schema=_SCHEMA, version=1, synchronous="NORMAL", name="outbox"
+        )
+        self._max_bytes = max_bytes
+        self._on_full = on_full
+        self._window = batch_window_s
+        self._on_drop = on_drop
+        self._clock = clock
+        self._pending: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._bytes = 0  # as of this process's last transaction; the file has the exact figure
+        self.commits = 0  # transactions that carried appends (for metrics and tests)
+        self.appended = 0  # records those transactions stored
+
+    @property
+    def path(self) -> Path:
+        return self._worker.path
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes in the outbox as of the last transaction this instance ran."""
+        return self._bytes
+
+    async def open(self) -> None:
+        """Create or open the file; StoreError naming the path if it is corrupt or unwritable."""
+        self._closing = False
+        await self._worker.open()
+        await self._worker.run("open", _set_busy_timeout)
+        self._bytes = (await self.stats()).bytes
+
+    async def close(self) -> None:
+        """Finish the appends already accepted, then close the file."""
+        self._closing = True
+        if self._writer is not None:
+            await asyncio.wait({self._writer})  # not gather: cancelling close() must not cancel it
+            self._writer = None
+        await self._worker.close()
+
+    async def append(self, topic: Topic, key: str, record_id: str, payload: bytes) -> None:
+        """Committed (survives SIGKILL) when it returns; OutboxFull if refused for size."""
+        if self._closing:
+            raise StoreError(f"{self.path}: outbox is closed")
+        pending = _Pending(
+            (topic, key, record_id, payload, self._clock()),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._pending.append(pending)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_pending(), name="outbox-writer")
+        await pending.done
+
+    async def peek(self, limit: int, after_seq: int = 0) -> list[OutboxItem]:
+        """The oldest items after `after_seq`, in seq order."""
+        rows = await self._worker.run(
+            "peek",
+            lambda conn: conn.execute(
+                "SELECT seq, topic, key, record_id, payload, created_at FROM outbox"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, max(limit, 0)),
+            ).fetchall(),
+        )
+        return [OutboxItem(*row) for row in rows]
+
+    async def delete(self, seqs: Sequence[int]) -> None:
+        """Remove acknowledged items (unknown seqs are ignored)."""
+        if seqs:
+            self._bytes = await self._worker.run("delete", partial(_delete, seqs=list(seqs)))
+
+    async def stats(self) -> OutboxStats:
+        return await self._worker.run("stats", _stats)
+
+    async def lookup(self, record_id: str) -> tuple[str | None, bytes] | None:
+        """(org, payload) of a usage record still within the log's retention, else None."""
+        row = await self._worker.run(
+            "lookup",
+            lambda conn: conn.execute(
+                "SELECT org, payload FROM usage_log WHERE record_id = ?", (record_id,)
+            ).fetchone(),
+        )
+        return None if row is None else (row[0], bytes(row[1]))
+
+    async def prune_log(self, now: float, retention_s: float) -> int:
+        """Delete lookup entries older than `retention_s`, in chunks; the number deleted."""
+        cutoff = now - retention_s
+        total = 0
+        while True:
+            # One chunk per call: appends queued on the worker run between chunks.
+            removed = await self._worker.run("prune_log", partial(_prune_chunk, cutoff=cutoff))
+            total += removed
+            if removed < _PRUNE_CHUNK:
+                return total
+
+    async def _write_pending(self) -> None:
+        # One writer task at a time; it drains everything queued while the last commit ran.
+        try:
+            if self._window > 0:
+                await asyncio.sleep(self._window)  # let a burst gather into one transaction
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit(batch)
+        except BaseException:  # cancelled: the loop is going away; no caller may hang
+            for p in self._pending:
+                p.done.cancel()
+            raise
+        finally:
+            self._writer = None
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            done = await self._worker.run("append", partial(self._insert, [p.row for p in batch]))
+        except Exception as exc:
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        except BaseException:
+            for p in batch:
+                p.done.cancel()
+            raise
+        self._bytes = done.bytes
+        self.commits += 1
+        self.appended += sum(done.accepted)
+        if done.dropped and self._on_drop is not None:
+            self._on_drop(done.dropped)
+        for p, ok in zip(batch, done.accepted, strict=True):
+            if p.done.done():  # its caller was cancelled; the record is stored regardless
+                continue
+            if ok:
+                p.done.set_result(None)
+            else:
+                p.done.set_exception(self._full(len(p.row[3]), done.bytes))
+
+    def _full(self, length: int, size: int) -> OutboxFull:
+        return OutboxFull(
+            f"{self.path}: usage outbox is full ({size} of {self._max_bytes} bytes);"
+            f" a {length}-byte record was refused"
+        )
+
+    # On the worker thread.
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[_Row]) -> _Committed:
+        # IMMEDIATE: take the write lock (waiting for other processes) before reading the size,
+        # so the bound is checked against the figure no one else can change meanwhile.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _, size = _size(conn)
+            accepted: list[bool] = []
+            for row in rows:
+                length = len(row[3])
+                fits = length <= self._max_bytes and (
+                    self._on_full == "drop_oldest" or size + length <= self._max_bytes
+                )
+                accepted.append(fits)
+                if fits:
+                    conn.execute(_INSERT, row)
+                    size += length
+                    if row[0] == "usage":
+                        conn.execute(_LOG, (row[2], row[1] or None, row[4], row[3]))
+            dropped = _drop_oldest(conn, size - self._max_bytes) if size > self._max_bytes else 0
+            size = _size(conn)[1]
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return _Committed(accepted, dropped, size)
+
+
+def _set_busy_timeout(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+
+def _size(conn: sqlite3.Connection) -> tuple[int, int]:
+    records, size = conn.execute("SELECT records, bytes FROM outbox_size").fetchone()
+    return int(records), int(size)
+
+
+def _drop_oldest(conn: sqlite3.Connection, excess: int) -> int:
+    """Delete the oldest records whose payloads add up to at least `excess` bytes."""
+    freed, last = 0, None
+    cursor = conn.execute("SELECT seq, length(payload) FROM outbox ORDER BY seq")
+    try:
+        for seq, length in cursor:
+            freed, last = freed + length, seq
+            if freed >= excess:
+                break
+    finally:
+        cursor.close()
+    if last is None:
+        return 0
+    return conn.execute("DELETE FROM outbox WHERE seq <= ?", (last,)).rowcount
+
+
+def _delete(conn: sqlite3.Connection, *, seqs: list[int]) -> int:
+    with conn:
+        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        return _size(conn)[1]
+
+
+def _stats(conn: sqlite3.Connection) -> OutboxStats:
+    records, size = _size(conn)
+    oldest = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+    return OutboxStats(records, size, None if oldest is None else oldest[0])
+
+
+def _prune_chunk(conn: sqlite3.Connection, *, cutoff: float) -> int:
+    with conn:
+        return conn.execute(_PRUNE, (cutoff, _PRUNE_CHUNK)).rowcount
+
+
+__all__ = ["OnFull", "OutboxFull", "SqliteOutbox", "StoreError"]
