@@ -130,6 +130,15 @@ class OverrideNotFound(RouterError):
     default_message = "No override in force has this id."
 
 
+class UsageRecordNotFound(RouterError):
+    """Also for another org's record: ids cannot be probed."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "usage_record_not_found"
+    default_message = "No usage record with this id for your organization."
+
+
 class MethodNotAllowed(RouterError):
     status = 405
     type = "invalid_request_error"
@@ -221,6 +230,14 @@ class NoBackendAvailable(RouterError):
     code = "no_backend_available"
     retriable = True
     default_message = "Every backend for this model is drained or has already failed this request."
+
+
+class UsageBufferFull(RouterError):
+    status = 503
+    type = "server_error"
+    code = "usage_buffer_full"
+    retriable = True
+    default_message = "The usage buffer is full; the router accepts no new requests until it drains."
 
 
 class LimiterUnavailable(RouterError):

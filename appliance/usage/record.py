@@ -114,12 +114,8 @@ def build_record(facts: RequestFacts, prices: tuple[float, float]) -> UsageRecor
 def _tokens(facts: RequestFacts) -> tuple[TokenSource, int, int]:
     if facts.prompt_tokens is not None or facts.completion_tokens is not None:
         # Backends report both or neither; a lone number is completed from our estimate.
-        prompt = facts.estimate_prompt_tokens if facts.prompt_tokens is None else facts.prompt_tokens
-        completion = (
-            facts.estimate_completion_tokens
-            if facts.completion_tokens is None
-            else facts.completion_tokens
-        )
+        prompt = _first(facts.prompt_tokens, facts.estimate_prompt_tokens)
+        completion = _first(facts.completion_tokens, facts.estimate_completion_tokens)
         return "reported", max(0, prompt), max(0, completion)
     if facts.backend is not None and facts.first_byte_at is not None:
         # The backend answered (fully or until the client left) without usage: bill our count.
@@ -130,6 +126,10 @@ def _tokens(facts: RequestFacts) -> tuple[TokenSource, int, int]:
         )
     # Refused before any backend, or no backend ever answered: nothing was consumed.
     return "none", 0, 0
+
+
+def _first(reported: int | None, estimate: int) -> int:
+    return estimate if reported is None else reported
 
 
 _encoder = msgspec.json.Encoder()

@@ -124,7 +124,7 @@ class SqliteOutbox(OpenCloseContext):
         return self._worker.path
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         """Payload bytes in the outbox as of the last transaction this instance ran."""
         return self._bytes
 
@@ -214,7 +214,7 @@ class SqliteOutbox(OpenCloseContext):
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
-            done = await self._worker.run("append", partial(self._insert, [p.row for p in batch]))
+            done = await self._worker.run("append", partial(self._insert, rows=[p.row for p in batch]))
         except Exception as exc:
             for p in batch:
                 if not p.done.done():
@@ -245,7 +245,7 @@ class SqliteOutbox(OpenCloseContext):
 
     # On the worker thread.
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[_Row]) -> _Committed:
+    def _insert(self, conn: sqlite3.Connection, *, rows: list[_Row]) -> _Committed:
         # IMMEDIATE: take the write lock (waiting for other processes) before reading the size,
         # so the bound is checked against the figure no one else can change meanwhile.
         conn.execute("BEGIN IMMEDIATE")
