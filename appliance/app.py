@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,14 +18,17 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from appliance.audit.events import AuditEvent, encode_event
 from appliance.audit.sink import AuditSink
 from appliance.audit.sqlite_store import SqliteAuditStore
 from appliance.auth.admin import AdminTokens
 from appliance.http.admin import admin_blueprint
-from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware, RequestContext
+from appliance.http.context import RequestContext
+from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
 from appliance.http.inference import inference_blueprint
 from appliance.http.status import status_blueprint
+from appliance.http.usage_facts import facts_from
 from appliance.limits.budget_gate import BudgetGate
 from appliance.limits.budget_service import HttpBudgetAuthority
 from appliance.limits.concurrency import LeaseKeeper, MemoryConcurrencyStore, RedisConcurrencyStore
@@ -46,8 +50,16 @@ from appliance.telemetry.limit_metrics import LimitMetrics
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.routing_metrics import RoutingMetrics
+from appliance.telemetry.usage_metrics import UsageMetrics
 from appliance.upstream.client import BackendClient
 from appliance.upstream.forwarder import Forwarder, RoutingParts
+from appliance.usage.file_sink import FileSink, NoneSink
+from appliance.usage.kafka_sink import KafkaSink
+from appliance.usage.ports import Topic, UsageSink
+from appliance.usage.publisher import Publisher
+from appliance.usage.recorder import UsageRecorder
+from appliance.usage.sqlite_outbox import SqliteOutbox
+from appliance.usage.state_lock import hold_shared
 
 _log = get_logger("routerctl.app")
 
@@ -66,6 +78,7 @@ class AppState:
     overrides_store: SqliteOverrideStore
     audit: SqliteAuditStore
     limits: LimitParts
+    usage: UsageParts
 
     def current_runtime(self) -> Runtime:
         return self.runtime
@@ -87,9 +100,12 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     backends = BackendClient(settings.backends, config.credentials)
     overrides_store = SqliteOverrideStore(state_dir / "overrides.sqlite")
     audit = SqliteAuditStore(state_dir / "audit.sqlite")
+    runtime = Runtime.from_settings(settings)
+    usage = _usage(settings, state_dir, metrics, runtime)
+    audit_sink = AuditSink(audit, forward=usage.forward_audit)
     state = AppState(
         config=config,
-        runtime=Runtime.from_settings(settings),
+        runtime=runtime,
         metrics=metrics,
         backends=backends,
         registry=registry,
@@ -104,7 +120,8 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         health=HealthMonitor(registry, backends.probe, settings.routing, time.monotonic),
         overrides_store=overrides_store,
         audit=audit,
-        limits=_limits(settings, state_dir, metrics, AuditSink(audit)),
+        limits=_limits(settings, state_dir, metrics, audit_sink),
+        usage=usage,
     )
     routing = RoutingParts(
         registry=registry,
@@ -129,13 +146,17 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     app.register_blueprint(status_blueprint())
     app.register_blueprint(
         inference_blueprint(
-            state.current_runtime, Forwarder(state.backends, routing), state.limits.limiter
+            state.current_runtime,
+            Forwarder(state.backends, routing),
+            state.limits.limiter,
+            state.usage.recorder.full,
         )
     )
     app.register_blueprint(admin_blueprint(state.control, AdminTokens(settings.admin.tokens)))
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
+        await state.usage.open()
         await state.overrides_store.open()
         await state.audit.open()
         await state.control.load()
@@ -148,6 +169,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         await state.backends.close()
         await state.audit.close()
         await state.overrides_store.close()
+        await state.usage.close()
 
     access_log = _access_logger(settings.telemetry.access_log)
     edge = EdgeMiddleware(
@@ -159,6 +181,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         ),
         state.metrics,
         access_log,
+        usage_hook=lambda context: state.usage.recorder.record(facts_from(context)),
     )
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
@@ -257,6 +280,83 @@ def _limits(settings: Settings, state_dir: Path, metrics: Metrics, sink: AuditSi
         monotonic=time.monotonic,
     )
     return LimitParts(limiter, sink, spend, redis, buckets, keeper, authority, tasks)
+
+
+_MB = 1024 * 1024
+
+
+@dataclass
+class UsageParts:
+    """The outbox, its publisher and the recorder the edge calls for every request."""
+
+    outbox: SqliteOutbox
+    publisher: Publisher
+    recorder: UsageRecorder
+    state_dir: Path
+    audit_to_outbox: bool
+    lock: ExitStack = field(default_factory=ExitStack)
+
+    async def open(self) -> None:
+        # A shared lock: several workers may serve one state dir; `buffer replay` needs it
+        # exclusive, so it refuses to run against a live router.
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.enter_context(hold_shared(self.state_dir))
+        await self.outbox.open()
+        self.publisher.start()
+
+    async def close(self) -> None:
+        await self.publisher.stop()
+        await self.outbox.close()
+        self.lock.close()
+
+    async def forward_audit(self, event: AuditEvent) -> None:
+        """Audit events go to the Kafka audit topic through the outbox, like usage."""
+        if self.audit_to_outbox:
+            await self.recorder.append("audit", event.org or "", event.id, encode_event(event))
+
+
+def _usage(settings: Settings, state_dir: Path, metrics: Metrics, runtime: Runtime) -> UsageParts:
+    u = settings.usage
+    holder: list[UsageRecorder] = []
+    observer = UsageMetrics(
+        metrics.registry, on_buffer=lambda n: setattr(holder[0], "buffered_bytes", n)
+    )
+    outbox = SqliteOutbox(
+        state_dir / "outbox.sqlite", int(u.max_buffer_mb * _MB), u.on_full, on_drop=observer.dropped
+    )
+    sinks: dict[Topic, UsageSink]
+    if u.sink == "kafka":
+        kafka = KafkaSink(
+            u.kafka_bootstrap,
+            {"usage": u.kafka_topic, "audit": u.kafka_audit_topic},
+            acks=u.kafka_acks,
+            compression=None if u.kafka_compression == "none" else u.kafka_compression,
+        )
+        sinks = {"usage": kafka, "audit": kafka}
+    elif u.sink == "file":
+        path = Path(u.file_path) if u.file_path else state_dir / "usage.jsonl"
+        sinks = {
+            "usage": FileSink(path, int(u.file_max_mb * _MB), u.file_keep),
+            "audit": NoneSink(),
+        }
+    else:
+        sinks = {"usage": NoneSink(), "audit": NoneSink()}
+    publisher = Publisher(outbox, sinks, u.batch_max, observer=observer)
+    recorder = UsageRecorder(
+        outbox=outbox,
+        prices=lambda model: _prices(runtime, model),
+        notify=publisher.notify,
+        observer=observer,
+        max_bytes=int(u.max_buffer_mb * _MB),
+        reject_when_full=u.on_full == "reject",
+    )
+    holder.append(recorder)
+    return UsageParts(outbox, publisher, recorder, state_dir, audit_to_outbox=u.sink == "kafka")
+
+
+def _prices(runtime: Runtime, model: str | None) -> tuple[float, float]:
+    route = runtime.routes.get(model) if model else None
+    return route.prices if route is not None else (0.0, 0.0)
 
 
 def _access_logger(enabled: bool) -> AccessLog:

@@ -237,7 +237,9 @@ class UsageBufferFull(RouterError):
     type = "server_error"
     code = "usage_buffer_full"
     retriable = True
-    default_message = "The usage buffer is full; the router accepts no new requests until it drains."
+    default_message = (
+        "The usage buffer is full; the router accepts no new requests until it drains."
+    )
 
 
 class LimiterUnavailable(RouterError):

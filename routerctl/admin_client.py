@@ -1,4 +1,4 @@
-"""A small synchronous client of the router's admin API, for the `backend`/`override` commands.
+"""A small synchronous client of the router's admin API, for the admin commands of the CLI.
 
 Every failure becomes one `AdminError` whose message is one readable line for the operator:
 what went wrong and, where there is one, what to do about it.
@@ -12,7 +12,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -54,12 +54,33 @@ class BackendInfo(msgspec.Struct, frozen=True):
     override: OverrideInfo | None
 
 
+class AuditInfo(msgspec.Struct, frozen=True):
+    """One audit event, as `GET /v1/admin/audit` renders it."""
+
+    id: str
+    kind: str
+    time: float
+    time_iso: str
+    actor: str | None
+    org: str | None
+    key_id: str | None
+    request_id: str | None
+    subject: str | None
+    reason: str | None
+    before: Any
+    after: Any
+
+
 class _Backends(msgspec.Struct, frozen=True):
     data: list[BackendInfo]
 
 
 class _Overrides(msgspec.Struct, frozen=True):
     data: list[OverrideInfo]
+
+
+class _Audit(msgspec.Struct, frozen=True):
+    data: list[AuditInfo]
 
 
 class _Removed(msgspec.Struct, frozen=True):
@@ -119,6 +140,28 @@ class AdminClient:
     def clear(self, override_id: str, reason: str) -> OverrideInfo:
         path = f"/v1/admin/overrides/{_segment(override_id)}"
         return self._call("DELETE", path, {"reason": reason}, OverrideInfo)
+
+    def audit(
+        self,
+        *,
+        request_id: str | None = None,
+        org: str | None = None,
+        kind: str | None = None,
+        since: float | str | None = None,
+        until: float | str | None = None,
+        limit: int = 100,
+    ) -> list[AuditInfo]:
+        """Audit events matching every given filter, newest first; times are unix seconds or ISO."""
+        params = {
+            "request_id": request_id,
+            "org": org,
+            "kind": kind,
+            "since": _when(since),
+            "until": _when(until),
+            "limit": str(limit),
+        }
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        return self._call("GET", f"/v1/admin/audit?{query}", None, _Audit).data
 
     def _call(self, method: str, path: str, body: object, shape: type[T]) -> T:
         if not self._token:
@@ -191,6 +234,13 @@ def connection_error_message(url: str, reason: object, timeout_s: float | None =
 
 def _backend_path(backend_id: str, action: str) -> str:
     return f"/v1/admin/backends/{_segment(backend_id)}/{action}"
+
+
+def _when(value: float | str | None) -> str | None:
+    """A time for the query string: floats in plain decimals (the API takes no exponent)."""
+    if value is None or isinstance(value, str):
+        return value
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def _segment(value: str) -> str:

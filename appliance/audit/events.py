@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
@@ -22,3 +24,8 @@ class AuditEvent:
     before: Any = None  # JSON-able state before a change
     after: Any = None  # JSON-able state after it
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def encode_event(event: AuditEvent) -> bytes:
+    """The event as JSON (for the Kafka audit topic)."""
+    return msgspec.json.encode(event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from appliance.audit.events import AuditEvent
 from appliance.audit.ports import AuditStore
@@ -16,8 +17,14 @@ class AuditSink:
     """Fire-and-forget appends; when the store falls this far behind, events are dropped
     and counted rather than growing memory without bound (a denial storm must not OOM)."""
 
-    def __init__(self, store: AuditStore, max_pending: int = _MAX_PENDING) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        max_pending: int = _MAX_PENDING,
+        forward: Callable[[AuditEvent], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
+        self._forward = forward
         self._max_pending = max_pending
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
@@ -40,5 +47,7 @@ class AuditSink:
     async def _append(self, event: AuditEvent) -> None:
         try:
             await self._store.append(event)
+            if self._forward is not None:
+                await self._forward(event)
         except Exception as exc:  # an audit failure must not fail a request
             _log.error("audit_append_failed", kind=event.kind, error=type(exc).__name__)

@@ -16,7 +16,7 @@ from quart import Blueprint, Response, request
 
 from appliance.auth.admin import AdminTokens, Role
 from appliance.errors import InvalidJson, InvalidRequest
-from appliance.http.edge import request_context
+from appliance.http.context import request_context
 from appliance.routing.overrides import Override
 from appliance.routing.ports import BackendView, RoutingControl
 

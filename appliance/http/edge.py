@@ -11,8 +11,8 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import (
@@ -22,6 +22,7 @@ from appliance.errors import (
     RequestTimeout,
     RouterError,
 )
+from appliance.http.context import CONTEXT_KEY, RequestContext
 from appliance.telemetry.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -29,37 +30,12 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-AccessLog = Callable[["RequestContext"], None]
+AccessLog = Callable[[RequestContext], None]
+UsageHook = Callable[[RequestContext], Awaitable[None]]
 
-CONTEXT_KEY = "routerctl.context"
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BAD_LENGTH = -1
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """What one request did, filled in along the way and logged once at its end."""
-
-    request_id: str
-    method: str
-    path: str
-    status: int = 0
-    duration_s: float = 0.0
-    org: str | None = None
-    key_id: str | None = None
-    model: str | None = None
-    backend: str | None = None
-    stream: bool = False
-    body: bytes = b""  # the request body, read and bounded by EdgeMiddleware
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    outcome: str = "ok"
-    decision: str | None = None
-    attempts: int = 0
-    events_relayed: int = 0  # SSE data events passed to the client
-    # Run once the response is over, however it ended (a stream never read included).
-    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +45,20 @@ class EdgeLimits:
     max_header_bytes: int
 
 
-def request_context(scope: Mapping[str, object]) -> RequestContext:
-    """The context EdgeMiddleware put in this request's scope."""
-    context = scope[CONTEXT_KEY]
-    assert isinstance(context, RequestContext)
-    return context
-
-
 class EdgeMiddleware:
     def __init__(
-        self, app: ASGIApp, limits: EdgeLimits, metrics: Metrics, access_log: AccessLog
+        self,
+        app: ASGIApp,
+        limits: EdgeLimits,
+        metrics: Metrics,
+        access_log: AccessLog,
+        usage_hook: UsageHook | None = None,
     ) -> None:
         self._app = app
         self._limits = limits
         self._metrics = metrics
         self._access_log = access_log
+        self._usage_hook = usage_hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,13 +68,20 @@ class EdgeMiddleware:
         head = _scan_headers(scope["headers"])
         request_id = head.request_id or uuid.uuid4().hex
         context = RequestContext(request_id, scope["method"], scope["path"])
+        context.started_at = time.time()
         scope[CONTEXT_KEY] = context
         rid_header = (b"x-request-id", request_id.encode("ascii"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 context.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                headers = message.get("headers", ())
+                context.event_stream = any(
+                    k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers
+                )
+                message["headers"] = [*headers, rid_header]
+            elif message["type"] == "http.response.body":
+                await self._before_body(context, message)
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self._finish(context, started)
@@ -120,11 +102,32 @@ class EdgeMiddleware:
             context.outcome = error.code
             await _send_error(send_with_id, error)
         finally:
-            self._close(context, started)
+            await self._close(context, started)
 
-    def _close(self, context: RequestContext, started: float) -> None:
+    async def _before_body(self, context: RequestContext, message: Message) -> None:
+        """The usage record is committed before the last byte (or `[DONE]`) goes out."""
+        body: bytes = message.get("body", b"")
+        if body and context.first_byte_at is None:
+            context.first_byte_at = time.time()
+        context.response_bytes += len(body)
+        if not context.record_usage or context.recorded:
+            return
+        last = not message.get("more_body", False)
+        if last or (context.event_stream and b"data: [DONE]" in body):
+            await self._record(context)
+
+    async def _record(self, context: RequestContext) -> None:
+        context.recorded = True
+        if self._usage_hook is not None:
+            await self._usage_hook(context)
+
+    async def _close(self, context: RequestContext, started: float) -> None:
         for cleanup in context.cleanups:
             cleanup()
+        if context.record_usage and not context.recorded:
+            # The client left before the end: the record says what it got.
+            context.client_disconnected = True
+            await self._record(context)
         if context.duration_s == 0.0:
             # The response never completed (client gone, task cancelled): still count it.
             self._finish(context, started, default_outcome="client_disconnected")

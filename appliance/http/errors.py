@@ -12,7 +12,7 @@ from appliance.errors import (
     PayloadTooLarge,
     RouterError,
 )
-from appliance.http.edge import request_context
+from appliance.http.context import request_context
 from appliance.telemetry.logging import get_logger
 
 _log = get_logger("routerctl.http")

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import msgspec
 from quart import Blueprint, Response, request
 
-from appliance.errors import ModelNotFound, RouterError
-from appliance.http.edge import RequestContext, request_context
+from appliance.errors import ModelNotFound, RouterError, UsageBufferFull
+from appliance.http.context import RequestContext, request_context
 from appliance.limits.limiter import Limiter, Permit
 from appliance.limits.policy import estimate_tokens
 from appliance.routing.engine import Decision
@@ -23,13 +23,19 @@ _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def inference_blueprint(
-    get_runtime: Callable[[], Runtime], forwarder: Forwarder, limiter: Limiter
+    get_runtime: Callable[[], Runtime],
+    forwarder: Forwarder,
+    limiter: Limiter,
+    usage_full: Callable[[], bool],
 ) -> Blueprint:
     bp = Blueprint("inference", __name__)
 
     async def handle(endpoint: Endpoint) -> Response:
         runtime = get_runtime()
         context = request_context(request.scope)
+        context.record_usage = True
+        if usage_full():
+            raise UsageBufferFull()
         principal = runtime.keyring.resolve(request.headers.get("authorization"))
         context.org, context.key_id = principal.org_id, principal.key_id
         parsed = parse_request(endpoint, context.body)
@@ -40,9 +46,9 @@ def inference_blueprint(
                 f"The model '{parsed.model}' does not exist or you do not have access to it.",
                 param="model",
             )
-        estimate = estimate_tokens(
-            parsed.payload, parsed.max_tokens, runtime.settings.limits.default_max_tokens
-        )
+        completion = parsed.max_tokens or runtime.settings.limits.default_max_tokens
+        estimate = estimate_tokens(parsed.payload, parsed.max_tokens, completion)
+        context.estimate_prompt, context.estimate_completion = estimate - completion, completion
         permit = await limiter.admit(principal.limits, estimate, context.request_id)
         context.cleanups.append(lambda: limiter.release(permit))
         hooks = RequestHooks(
@@ -102,6 +108,7 @@ def inference_blueprint(
 def _decision_recorder(context: RequestContext) -> Callable[[Decision, int], None]:
     def record(decision: Decision, attempt: int) -> None:
         context.backend = decision.target.backend_id
+        context.upstream_model = decision.target.upstream_model
         context.decision = decision.kind.value
         context.attempts = attempt + 1
 

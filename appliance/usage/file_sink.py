@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -111,10 +112,9 @@ class FileSink:
     def _close_file(self) -> None:
         file, self._file = self._file, None
         if file is not None:
-            try:
+            # Only after a failed write, which was already reported.
+            with contextlib.suppress(OSError):
                 file.close()
-            except OSError:
-                pass  # only reached after a failed write, which was already reported
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -161,7 +161,7 @@ class NoneSink:
         return None
 
     async def publish(self, items: Sequence[OutboxItem]) -> None:
-        return None
+        del items  # discarding is this sink's whole job
 
     async def close(self) -> None:
         return None

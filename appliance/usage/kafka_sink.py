@@ -32,6 +32,7 @@ class KafkaSink:
         self,
         bootstrap: Sequence[str],
         topics: Mapping[Topic, str],
+        *,
         acks: Literal["all", "1"] = "all",
         compression: Literal["gzip"] | None = "gzip",
         timeout_s: float = 10.0,

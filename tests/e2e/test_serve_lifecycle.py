@@ -129,8 +129,13 @@ async def test_drain_deadline_ends_long_streams(mock_url: str, tmp_path: Path) -
             response = await open_stream(session, router.url, key, chunks=200, delay_ms=100)
             started = time.monotonic()
             router.process.send_signal(signal.SIGTERM)
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await asyncio.wait_for(response.read(), 10)
+            try:
+                rest = await asyncio.wait_for(response.read(), 10)
+            except aiohttp.ClientPayloadError:
+                rest = b""  # cut before the final event could be written: also not a hang
+        assert b"[DONE]" not in rest
+        if rest:
+            assert rest.rstrip().endswith(b'"code":"upstream_stream_broken"}}')
         assert await asyncio.to_thread(router.process.wait, 10) == 0
         assert time.monotonic() - started < 8
 

@@ -22,7 +22,8 @@ from appliance.auth.admin import AdminTokens
 from appliance.auth.keyring import hash_key
 from appliance.errors import BackendNotFound, ModelNotFound, OverrideNotFound
 from appliance.http.admin import admin_blueprint
-from appliance.http.edge import EdgeLimits, EdgeMiddleware, RequestContext
+from appliance.http.context import RequestContext
+from appliance.http.edge import EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
 from appliance.routing.overrides import Override, OverrideKind
 from appliance.routing.ports import BackendView

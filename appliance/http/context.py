@@ -1,0 +1,51 @@
+"""What one request did: filled in by the edge, the handlers and the relay, read at its end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+CONTEXT_KEY = "routerctl.context"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one request did, filled in along the way and logged once at its end."""
+
+    request_id: str
+    method: str
+    path: str
+    status: int = 0
+    duration_s: float = 0.0
+    org: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    stream: bool = False
+    body: bytes = b""  # the request body, read and bounded by EdgeMiddleware
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    outcome: str = "ok"
+    decision: str | None = None
+    attempts: int = 0
+    events_relayed: int = 0  # SSE data events passed to the client
+    # Usage record inputs (inference routes only).
+    record_usage: bool = False
+    recorded: bool = False
+    started_at: float = 0.0  # unix seconds
+    first_byte_at: float | None = None
+    response_bytes: int = 0
+    event_stream: bool = False
+    upstream_model: str | None = None
+    estimate_prompt: int = 0
+    estimate_completion: int = 0
+    client_disconnected: bool = False
+    # Run once the response is over, however it ended (a stream never read included).
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+
+def request_context(scope: Mapping[str, object]) -> RequestContext:
+    """The context EdgeMiddleware put in this request's scope."""
+    context = scope[CONTEXT_KEY]
+    assert isinstance(context, RequestContext)
+    return context

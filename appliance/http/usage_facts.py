@@ -1,0 +1,40 @@
+"""What the edge knows about a finished request, as the facts of its usage record."""
+
+from __future__ import annotations
+
+import time
+
+from appliance.http.context import RequestContext
+from appliance.usage.record import RequestFacts
+
+_BYTES_PER_TOKEN = 4  # JSON answers without usage: a rough count from the body size
+
+
+def facts_from(context: RequestContext) -> RequestFacts:
+    if context.stream:
+        completion_estimate = context.events_relayed  # one token per content event, usually
+    else:
+        completion_estimate = min(
+            context.estimate_completion, context.response_bytes // _BYTES_PER_TOKEN
+        )
+    return RequestFacts(
+        id=context.request_id,
+        started_at=context.started_at,
+        first_byte_at=context.first_byte_at,
+        ended_at=time.time(),
+        org=context.org,
+        key_id=context.key_id,
+        model=context.model,
+        backend=context.backend,
+        upstream_model=context.upstream_model,
+        decision=context.decision,
+        attempts=context.attempts,
+        status=context.status,
+        error_code=None if context.outcome == "ok" else context.outcome,
+        stream=context.stream,
+        prompt_tokens=context.prompt_tokens,
+        completion_tokens=context.completion_tokens,
+        estimate_prompt_tokens=context.estimate_prompt,
+        estimate_completion_tokens=completion_estimate,
+        client_disconnected=context.client_disconnected,
+    )

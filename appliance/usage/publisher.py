@@ -1,0 +1,260 @@
+"""Drain the outbox into the sinks: oldest first, delete only what a sink acknowledged.
+
+The background `Publisher` serves the running router; `replay` is the same rule run once,
+to the end, for `routerctl buffer replay` on a stopped router's state dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, get_args
+
+from appliance.telemetry.logging import get_logger
+from appliance.usage.ports import Outbox, OutboxItem, SinkError, Topic, UsageSink
+
+_log = get_logger("routerctl.usage")
+
+
+class PublishObserver(Protocol):
+    """What the publisher reports, for metrics; called on the loop, must not block."""
+
+    def published(self, sink: str, n: int, latency_s: float) -> None: ...
+
+    def failed(self, sink: str, error_kind: str) -> None:
+        """error_kind: "open" | "publish" (the sink) or "outbox" (reading or deleting)."""
+        ...
+
+    def buffer(self, records: int, bytes: int, oldest_age_s: float) -> None: ...
+
+
+class Backoff:
+    """Exponential delays with jitter between `first_s` and `max_s`; reset() after a success."""
+
+    def __init__(
+        self, first_s: float = 0.1, max_s: float = 30.0, rng: random.Random | None = None
+    ) -> None:
+        self._first = first_s
+        self._max = max_s
+        self._rng = rng or random.Random()
+        self._failures = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._max, self._first * 2.0 ** min(self._failures, 32))
+        self._failures += 1
+        # Half fixed, half random: replicas that failed together do not retry together.
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+class _Failed(Exception):
+    def __init__(self, sink: str, kind: str, cause: BaseException) -> None:
+        super().__init__(f"{sink}: {kind}: {cause}")
+        self.sink, self.kind, self.cause = sink, kind, cause
+
+
+class Publisher:
+    """One background task that moves batches from the outbox to their sinks.
+
+    Never skips: a batch a sink refused is retried, after a backoff, until it is
+    acknowledged. The publisher owns the sinks: it opens them when first needed (a sink that
+    cannot open is retried like a failed publish) and closes them in stop().
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sinks: UsageSink | Mapping[Topic, UsageSink],
+        batch_max: int = 500,
+        *,
+        observer: PublishObserver | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        poll_interval_s: float = 1.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        by_topic = sinks if isinstance(sinks, Mapping) else dict.fromkeys(get_args(Topic), sinks)
+        missing = set(get_args(Topic)) - by_topic.keys()
+        if missing:
+            raise ValueError(f"no sink for topics {sorted(missing)}")
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self._outbox = outbox
+        self._sinks: dict[Topic, UsageSink] = dict(by_topic)
+        self._batch_max = batch_max
+        self._observer = observer
+        self._clock = clock
+        self._monotonic = monotonic
+        self._poll_s = poll_interval_s
+        self._backoff = backoff or Backoff()
+        self._opened: set[int] = set()  # id() of sinks opened
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name="usage-publisher")
+
+    def notify(self) -> None:
+        """New records are in the outbox: publish now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Publish what can be published within timeout_s, then close the sinks.
+
+        Whatever is left stays in the outbox for the next start (or `buffer replay`).
+        """
+        task, self._task = self._task, None
+        self._stopping.set()
+        self._wake.set()
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
+            elif not task.cancelled() and (exc := task.exception()) is not None:
+                _log.error("usage_publisher_crashed", error=type(exc).__name__)
+        for sink in self._unique_sinks():
+            if id(sink) in self._opened:
+                await sink.close()
+        self._opened.clear()
+
+    async def publish_once(self) -> int:
+        """Publish one batch (up to batch_max records); how many were acknowledged."""
+        try:
+            batch = await self._outbox.peek(self._batch_max)
+        except Exception as exc:
+            raise _Failed("outbox", "outbox", exc) from exc
+        acknowledged = 0
+        for sink, items in _group(batch, self._sinks):
+            await self._open(sink)
+            started = self._monotonic()
+            try:
+                await sink.publish(items)
+            except SinkError as exc:
+                raise _Failed(sink.name, "publish", exc) from exc
+            if self._observer is not None:
+                self._observer.published(sink.name, len(items), self._monotonic() - started)
+            try:
+                await self._outbox.delete([item.seq for item in items])
+            except Exception as exc:  # published, not deleted: sent again later (at-least-once)
+                raise _Failed("outbox", "outbox", exc) from exc
+            acknowledged += len(items)
+        return acknowledged
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()  # before peeking: a notify() from now on is not missed
+            try:
+                moved = await self.publish_once()
+            except _Failed as failure:
+                self._report_failure(failure)
+                if self._stopping.is_set():
+                    return  # the sink is down: what is left stays in the outbox
+                await self._wait(self._stopping, self._backoff.next_delay())
+                continue
+            self._backoff.reset()
+            await self._report_buffer()
+            if moved < self._batch_max:
+                if self._stopping.is_set():
+                    return
+                await self._wait(self._wake, self._poll_s)
+
+    async def _open(self, sink: UsageSink) -> None:
+        if id(sink) in self._opened:
+            return
+        try:
+            await sink.open()
+        except SinkError as exc:
+            raise _Failed(sink.name, "open", exc) from exc
+        self._opened.add(id(sink))
+
+    def _report_failure(self, failure: _Failed) -> None:
+        if self._observer is not None:
+            self._observer.failed(failure.sink, failure.kind)
+        _log.warning(
+            "usage_publish_failed",
+            sink=failure.sink,
+            kind=failure.kind,
+            error=str(failure.cause) or type(failure.cause).__name__,
+        )
+
+    async def _report_buffer(self) -> None:
+        if self._observer is None:
+            return
+        try:
+            stats = await self._outbox.stats()
+        except Exception as exc:
+            self._observer.failed("outbox", "outbox")
+            _log.warning("usage_outbox_stats_failed", error=type(exc).__name__)
+            return
+        age = 0.0 if stats.oldest_created_at is None else self._clock() - stats.oldest_created_at
+        self._observer.buffer(stats.records, stats.bytes, max(age, 0.0))
+
+    def _unique_sinks(self) -> list[UsageSink]:
+        return list({id(s): s for s in self._sinks.values()}.values())
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+
+def _group(
+    batch: Sequence[OutboxItem], sinks: Mapping[Topic, UsageSink]
+) -> list[tuple[UsageSink, list[OutboxItem]]]:
+    """Split a batch per sink, keeping seq order within each (and so each key's order)."""
+    groups: dict[int, tuple[UsageSink, list[OutboxItem]]] = {}
+    for item in batch:
+        sink = sinks[item.topic]
+        groups.setdefault(id(sink), (sink, []))[1].append(item)
+    return list(groups.values())
+
+
+async def replay(
+    outbox: Outbox,
+    sink: UsageSink,
+    *,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    batch_max: int = 500,
+) -> int:
+    """Publish the oldest records (all, or `limit`) to `sink`, deleting each acknowledged batch.
+
+    Resumable: an interrupted run leaves unacknowledged records in the outbox, and the next
+    run starts from the oldest remaining one. `dry_run` opens no sink and deletes nothing; it
+    only counts. Returns the number of records published (or, dry, that would be). A sink
+    failure raises SinkError after the batches before it were deleted.
+    """
+    stats = await outbox.stats()
+    total = stats.records if limit is None else min(limit, stats.records)
+    report = progress or (lambda _done, _total: None)
+    report(0, total)
+    if not dry_run:
+        await sink.open()
+    done, after = 0, 0
+    try:
+        while done < total:
+            batch = await outbox.peek(min(batch_max, total - done), after_seq=after)
+            if not batch:
+                break
+            if not dry_run:
+                await sink.publish(batch)
+                await outbox.delete([item.seq for item in batch])
+            after = batch[-1].seq
+            done += len(batch)
+            report(done, total)
+    finally:
+        if not dry_run:
+            await sink.close()
+    return done
