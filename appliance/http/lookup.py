@@ -91,7 +91,7 @@ def lookup_blueprint(
         context = request_context(request.scope)
         context.org, context.key_id = principal.org_id, principal.key_id
         found = await usage_lookup(request_id) if REQUEST_ID.fullmatch(request_id) else None
-        if found is None or found[0] is None or found[0] != principal.org_id:
+        if found is None or found[0] != principal.org_id:
             raise _not_found(request_id)
         return Response(found[1], content_type=_JSON, headers={"cache-control": "no-store"})
 

@@ -31,8 +31,10 @@ _BUSY_MS = 10_000  # another worker's commit or a prune chunk takes milliseconds
 _PRUNE_CHUNK = 5_000  # rows per prune transaction, so appends are never held up for long
 
 # seq is AUTOINCREMENT so it is never reused, even after the newest rows are deleted:
-# publishers keep "last seq sent" as their whole cursor.
+# publishers keep "last seq sent" as their whole cursor. One transaction, so workers opening
+# the file at once never see the size row without its triggers.
 _SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     topic      TEXT NOT NULL,
@@ -46,8 +48,7 @@ CREATE TABLE IF NOT EXISTS outbox_size (
     records INTEGER NOT NULL,
     bytes   INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO outbox_size (id, records, bytes)
-    SELECT 1, count(*), coalesce(sum(length(payload)), 0) FROM outbox;
+INSERT OR IGNORE INTO outbox_size (id, records, bytes) VALUES (1, 0, 0);
 CREATE TRIGGER IF NOT EXISTS outbox_size_insert AFTER INSERT ON outbox BEGIN
     UPDATE outbox_size SET records = records + 1, bytes = bytes + length(NEW.payload);
 END;
@@ -61,6 +62,7 @@ CREATE TABLE IF NOT EXISTS usage_log (
     payload    BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_log_created_at ON usage_log (created_at);
+COMMIT;
 """
 _INSERT = "INSERT INTO outbox (topic, key, record_id, payload, created_at) VALUES (?, ?, ?, ?, ?)"
 # OR IGNORE: the first record stored for a request id is the one lookups answer with.

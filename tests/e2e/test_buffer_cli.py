@@ -24,7 +24,7 @@ __all__ = ["kafka_broker", "restore_services"]  # fixtures, for the Kafka test
 BUFFER = [sys.executable, "-m", "routerctl.commands.buffer"]
 
 
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # piped: whole rows
     return subprocess.run(
         [*BUFFER, *args], capture_output=True, text=True, timeout=60, env=env, check=False
@@ -196,9 +196,7 @@ def test_replay_refuses_while_a_router_holds_the_dir(
 def test_missing_state_dir_and_outbox(tmp_path: Path) -> None:
     """A missing state dir, or one without an outbox file, is one error line and exit 1."""
     for command in ("inspect", "replay"):
-        result = cli(command, "--state-dir", str(tmp_path / "nope"), "--to", "stdout")
-        if command == "inspect":
-            result = cli(command, "--state-dir", str(tmp_path / "nope"))
+        result = cli(command, "--state-dir", str(tmp_path / "nope"))
         assert result.returncode == 1
         assert "no such state directory" in one_error_line(result)
         result = cli(command, "--state-dir", str(tmp_path))

@@ -191,3 +191,10 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str, task: asyncio.Ta
 
 def chat(content: str = "hello world", **extra: object) -> dict[str, object]:
     return {"model": "chat", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def chat_requests(mock: MockBackend) -> int:
+    """Chat completions a mock received (health probes excluded)."""
+    by_path = mock.stats()["by_path"]
+    assert isinstance(by_path, dict)
+    return int(by_path.get("/v1/chat/completions", 0))

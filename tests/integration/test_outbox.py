@@ -135,6 +135,19 @@ async def test_concurrent_appends_share_few_transactions(outbox: SqliteOutbox, p
     assert ids_in(path) == ids
 
 
+async def test_a_cancelled_append_still_stores_its_record(outbox: SqliteOutbox, path: Path) -> None:
+    """Cancelling an append (a client that went away) neither loses its record nor others'."""
+    tasks = [asyncio.create_task(outbox.append("usage", "acme", f"r{n}", b"{}")) for n in range(3)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], asyncio.CancelledError)
+    await outbox.append("usage", "acme", "after", b"{}")
+    assert ids_in(path) == ["r0", "r1", "r2", "after"]
+
+
 async def test_records_survive_sigkill_of_the_writer(
     path: Path, killed: list[subprocess.Popen[str]]
 ) -> None:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from appliance.routing.registry import Health
-from tests.integration.router_harness import RouterUnderTest, chat, running_router
+from tests.integration.router_harness import RouterUnderTest, chat, chat_requests, running_router
 
 FAST_HEALTH = """
 [routing]
@@ -67,9 +67,9 @@ async def test_backend_dying_under_load_is_invisible_to_clients() -> None:
                 break
             await asyncio.sleep(0.05)
         assert router.state.registry.get("m1").routable(time.monotonic())
-        before = victim.stats()["requests"]
+        before = chat_requests(victim)
         assert set(await load(router, workers=4, seconds=0.5)) == {200}
-        assert victim.stats()["requests"] > before  # type: ignore[operator]
+        assert chat_requests(victim) > before  # type: ignore[operator]
 
 
 async def test_failing_backend_fails_over_and_is_ejected() -> None:
@@ -145,8 +145,8 @@ async def test_least_loaded_sends_less_to_a_slow_backend() -> None:
             for mock in router.mocks.values():
                 mock.reset()
             await load(router, workers=6, seconds=1.5, model=model)
-            slow = router.mocks["m1"].stats()["requests"]
-            fast = router.mocks["m0"].stats()["requests"]
+            slow = chat_requests(router.mocks["m1"])
+            fast = chat_requests(router.mocks["m0"])
             assert isinstance(slow, int)
             assert isinstance(fast, int)
             return slow / (slow + fast)
