@@ -134,6 +134,8 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         max_retries=settings.routing.max_retries,
     )
     app = Quart("routerctl")
+    # "//" in a path must be a JSON 404, not werkzeug's HTML redirect to the merged path.
+    app.url_map.merge_slashes = False
     app.config.update(
         # Bodies are bounded and timed by EdgeMiddleware; these are a second line.
         MAX_CONTENT_LENGTH=settings.server.max_body_bytes,

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from routerctl.commands import backend, config_cmd, keys, mock_backend, override, serve, version
+from routerctl.commands import (
+    audit,
+    backend,
+    config_cmd,
+    keys,
+    mock_backend,
+    override,
+    serve,
+    version,
+)
 
 app = typer.Typer(
     name="routerctl",
@@ -20,6 +29,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(keys.app, name="keys")
 app.add_typer(backend.app, name="backend")
 app.add_typer(override.app, name="override")
+app.add_typer(audit.app, name="audit")
 
 
 def run() -> None:

@@ -24,7 +24,8 @@ class PublishObserver(Protocol):
     def published(self, sink: str, n: int, latency_s: float) -> None: ...
 
     def failed(self, sink: str, error_kind: str) -> None:
-        """error_kind: "open" | "publish" (the sink) or "outbox" (reading or deleting)."""
+        """error_kind: "open" | "publish" (the sink), "outbox" (reading or deleting), or
+        "unexpected" (sink "publisher": a bug, logged with its traceback)."""
         ...
 
     def buffer(self, records: int, bytes: int, oldest_age_s: float) -> None: ...
@@ -119,7 +120,7 @@ class Publisher:
                 task.cancel()
                 await asyncio.wait({task})
             elif not task.cancelled() and (exc := task.exception()) is not None:
-                _log.error("usage_publisher_crashed", error=type(exc).__name__)
+                _log.error("usage_publisher_crashed", error=_name(exc))
         for sink in self._unique_sinks():
             if id(sink) in self._opened:
                 await sink.close()
@@ -153,8 +154,9 @@ class Publisher:
             self._wake.clear()  # before peeking: a notify() from now on is not missed
             try:
                 moved = await self.publish_once()
-            except _Failed as failure:
-                self._report_failure(failure)
+            except Exception as exc:  # the loop must outlive any failure, even a bug
+                self._report_failure(exc)
+                await self._report_buffer()  # the buffer grows during an outage: show it
                 if self._stopping.is_set():
                     return  # the sink is down: what is left stays in the outbox
                 await self._wait(self._stopping, self._backoff.next_delay())
@@ -175,15 +177,17 @@ class Publisher:
             raise _Failed(sink.name, "open", exc) from exc
         self._opened.add(id(sink))
 
-    def _report_failure(self, failure: _Failed) -> None:
+    def _report_failure(self, exc: Exception) -> None:
+        if isinstance(exc, _Failed):
+            sink, kind, cause = exc.sink, exc.kind, exc.cause
+            _log.warning(
+                "usage_publish_failed", sink=sink, kind=kind, error=str(cause) or _name(cause)
+            )
+        else:
+            sink, kind = "publisher", "unexpected"
+            _log.error("usage_publisher_error", error=_name(exc), exc_info=exc)
         if self._observer is not None:
-            self._observer.failed(failure.sink, failure.kind)
-        _log.warning(
-            "usage_publish_failed",
-            sink=failure.sink,
-            kind=failure.kind,
-            error=str(failure.cause) or type(failure.cause).__name__,
-        )
+            self._observer.failed(sink, kind)
 
     async def _report_buffer(self) -> None:
         if self._observer is None:
@@ -192,7 +196,7 @@ class Publisher:
             stats = await self._outbox.stats()
         except Exception as exc:
             self._observer.failed("outbox", "outbox")
-            _log.warning("usage_outbox_stats_failed", error=type(exc).__name__)
+            _log.warning("usage_outbox_stats_failed", error=_name(exc))
             return
         age = 0.0 if stats.oldest_created_at is None else self._clock() - stats.oldest_created_at
         self._observer.buffer(stats.records, stats.bytes, max(age, 0.0))
@@ -207,6 +211,10 @@ class Publisher:
                 await event.wait()
         except TimeoutError:
             pass
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 def _group(

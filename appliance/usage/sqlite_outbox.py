@@ -73,12 +73,7 @@ _PRUNE = (
 )
 
 _Row = tuple[Topic, str, str, bytes, float]
-
-
-@dataclass(slots=True)
-class _Pending:
-    row: _Row
-    done: asyncio.Future[None]
+_Waiter = tuple[_Row, asyncio.Future[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +110,7 @@ class SqliteOutbox(OpenCloseContext):
         self._window = batch_window_s
         self._on_drop = on_drop
         self._clock = clock
-        self._pending: list[_Pending] = []
+        self._pending: list[_Waiter] = []
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._bytes = 0  # as of this process's last transaction; the file has the exact figure
@@ -150,14 +145,11 @@ class SqliteOutbox(OpenCloseContext):
         """Committed (survives SIGKILL) when it returns; OutboxFull if refused for size."""
         if self._closing:
             raise StoreError(f"{self.path}: outbox is closed")
-        pending = _Pending(
-            (topic, key, record_id, payload, self._clock()),
-            asyncio.get_running_loop().create_future(),
-        )
-        self._pending.append(pending)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(((topic, key, record_id, payload, self._clock()), done))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_pending(), name="outbox-writer")
-        await pending.done
+        await done
 
     async def peek(self, limit: int, after_seq: int = 0) -> list[OutboxItem]:
         """The oldest items after `after_seq`, in seq order."""
@@ -209,40 +201,40 @@ class SqliteOutbox(OpenCloseContext):
                 batch, self._pending = self._pending, []
                 await self._commit(batch)
         except BaseException:  # cancelled: the loop is going away; no caller may hang
-            for p in self._pending:
-                p.done.cancel()
+            for _, done in self._pending:
+                done.cancel()
             raise
         finally:
             self._writer = None
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        insert = partial(self._insert, rows=[p.row for p in batch])
+    async def _commit(self, batch: list[_Waiter]) -> None:
+        insert = partial(self._insert, rows=[row for row, _ in batch])
         try:
-            done = await self._worker.run("append", insert)
+            result = await self._worker.run("append", insert)
         except Exception as exc:
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_exception(exc)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
             return
         except BaseException:
-            for p in batch:
-                p.done.cancel()
+            for _, done in batch:
+                done.cancel()
             raise
-        self._bytes = done.bytes
+        self._bytes = result.bytes
         self.commits += 1
-        self.appended += sum(done.accepted)
-        if done.dropped and self._on_drop is not None:
-            self._on_drop(done.dropped)
-        for p, ok in zip(batch, done.accepted, strict=True):
-            if p.done.done():  # its caller was cancelled; the record is stored regardless
+        self.appended += sum(result.accepted)
+        if result.dropped and self._on_drop is not None:
+            self._on_drop(result.dropped)
+        for (row, done), ok in zip(batch, result.accepted, strict=True):
+            if done.done():  # its caller was cancelled; the record is stored regardless
                 continue
             if ok:
-                p.done.set_result(None)
+                done.set_result(None)
             else:
-                p.done.set_exception(
+                done.set_exception(
                     OutboxFull(
-                        f"{self.path}: usage outbox is full ({done.bytes} of {self._max_bytes}"
-                        f" bytes); a {len(p.row[3])}-byte record was refused"
+                        f"{self.path}: usage outbox is full ({result.bytes} of"
+                        f" {self._max_bytes} bytes); a {len(row[3])}-byte record was refused"
                     )
                 )
 

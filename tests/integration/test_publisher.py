@@ -164,9 +164,35 @@ async def test_sink_failures_back_off_and_retry_the_same_batch(outbox: SqliteOut
     await publisher.stop()
     assert sink.ids == ALL_200[:30]
     assert seen.failed == [("flaky", "open")] + [("flaky", "publish")] * 3
+    assert [records for records, _, _ in seen.buffers[:4]] == [30] * 4  # shown during the outage
     # Four backoffs of at least 0.01, 0.02, 0.04 and 0.08 s (half of each exponential step).
     assert time.monotonic() - started >= 0.15
     assert (sink.opened, sink.closed) == (1, 1)
+
+
+async def test_a_sink_bug_does_not_stop_the_publisher(outbox: SqliteOutbox) -> None:
+    """An exception other than SinkError is reported as "unexpected" and retried like a
+    failure; the loop goes on and publishes everything."""
+    await fill(outbox, 5)
+    sink = FlakySink()
+    original = sink.publish
+    calls = 0
+
+    async def buggy(items: Sequence[OutboxItem]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("bug")
+        await original(items)
+
+    sink.publish = buggy  # type: ignore[method-assign]
+    seen = Observed()
+    publisher = Publisher(outbox, sink, 10, observer=Observer(seen), backoff=FAST)
+    publisher.start()
+    await eventually(empty(outbox))
+    await publisher.stop()
+    assert seen.failed == [("publisher", "unexpected")]
+    assert sink.ids == ALL_200[:5]
 
 
 async def test_backoff_is_bounded_and_jittered() -> None:
