@@ -27,6 +27,7 @@ from appliance.http.context import RequestContext
 from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
 from appliance.http.inference import inference_blueprint
+from appliance.http.lookup import lookup_blueprint
 from appliance.http.status import status_blueprint
 from appliance.http.usage_facts import facts_from
 from appliance.limits.budget_gate import BudgetGate
@@ -154,7 +155,11 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
             state.usage.recorder.full,
         )
     )
-    app.register_blueprint(admin_blueprint(state.control, AdminTokens(settings.admin.tokens)))
+    admin_tokens = AdminTokens(settings.admin.tokens)
+    app.register_blueprint(admin_blueprint(state.control, admin_tokens))
+    app.register_blueprint(
+        lookup_blueprint(state.current_runtime, admin_tokens, state.audit, usage.outbox.lookup)
+    )
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
@@ -324,7 +329,12 @@ def _usage(settings: Settings, state_dir: Path, metrics: Metrics, runtime: Runti
         metrics.registry, on_buffer=lambda n: setattr(holder[0], "buffered_bytes", n)
     )
     outbox = SqliteOutbox(
-        state_dir / "outbox.sqlite", int(u.max_buffer_mb * _MB), u.on_full, on_drop=observer.dropped
+        state_dir / "outbox.sqlite",
+        int(u.max_buffer_mb * _MB),
+        u.on_full,
+        # No extra wait: appends arriving while a commit runs already share the next one.
+        batch_window_s=0,
+        on_drop=observer.dropped,
     )
     sinks: dict[Topic, UsageSink]
     if u.sink == "kafka":

@@ -7,6 +7,7 @@ import typer
 from routerctl.commands import (
     audit,
     backend,
+    buffer,
     config_cmd,
     keys,
     mock_backend,
@@ -30,6 +31,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(backend.app, name="backend")
 app.add_typer(override.app, name="override")
 app.add_typer(audit.app, name="audit")
+app.add_typer(buffer.app, name="buffer")
 
 
 def run() -> None:

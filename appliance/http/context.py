@@ -12,9 +12,10 @@ CONTEXT_KEY = "routerctl.context"
 class RequestContext:
     """What one request did, filled in along the way and logged once at its end."""
 
-    request_id: str
+    request_id: str  # what the client sees in x-request-id (its own if it sent a sane one)
     method: str
     path: str
+    record_id: str = ""  # unique, router-made: the usage record's id (= request_id if ours)
     status: int = 0
     duration_s: float = 0.0
     org: str | None = None

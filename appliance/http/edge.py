@@ -66,8 +66,11 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         head = _scan_headers(scope["headers"])
-        request_id = head.request_id or uuid.uuid4().hex
-        context = RequestContext(request_id, scope["method"], scope["path"])
+        # Record ids must be unique whatever clients send: a reused client x-request-id must
+        # not make two requests look like one to billing's de-duplication.
+        record_id = uuid.uuid4().hex
+        request_id = head.request_id or record_id
+        context = RequestContext(request_id, scope["method"], scope["path"], record_id)
         context.started_at = time.time()
         scope[CONTEXT_KEY] = context
         rid_header = (b"x-request-id", request_id.encode("ascii"))

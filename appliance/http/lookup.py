@@ -26,7 +26,8 @@ from appliance.errors import InvalidApiKey, InvalidRequest, UsageRecordNotFound
 from appliance.http.context import request_context
 from appliance.runtime import Runtime
 
-UsageLookup = Callable[[str], Awaitable[tuple[str | None, bytes] | None]]
+# (request or record id, the caller's org) -> the record's JSON, only if it is that org's.
+UsageLookup = Callable[[str, str], Awaitable[bytes | None]]
 """A request id -> (the record's org, the record's JSON bytes), or None if there is none."""
 
 _JSON = "application/json"
@@ -90,10 +91,12 @@ def lookup_blueprint(
             raise
         context = request_context(request.scope)
         context.org, context.key_id = principal.org_id, principal.key_id
-        found = await usage_lookup(request_id) if REQUEST_ID.fullmatch(request_id) else None
-        if found is None or found[0] != principal.org_id:
+        found = None
+        if REQUEST_ID.fullmatch(request_id):
+            found = await usage_lookup(request_id, principal.org_id)
+        if found is None:
             raise _not_found(request_id)
-        return Response(found[1], content_type=_JSON, headers={"cache-control": "no-store"})
+        return Response(found, content_type=_JSON, headers={"cache-control": "no-store"})
 
     return bp
 

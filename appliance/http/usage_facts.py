@@ -18,7 +18,8 @@ def facts_from(context: RequestContext) -> RequestFacts:
             context.estimate_completion, context.response_bytes // _BYTES_PER_TOKEN
         )
     return RequestFacts(
-        id=context.request_id,
+        id=context.record_id,
+        request_id=context.request_id,
         started_at=context.started_at,
         first_byte_at=context.first_byte_at,
         ended_at=time.time(),

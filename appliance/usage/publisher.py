@@ -244,16 +244,19 @@ async def replay(
     only counts. Returns the number of records published (or, dry, that would be). A sink
     failure raises SinkError after the batches before it were deleted.
     """
-    stats = await outbox.stats()
-    total = stats.records if limit is None else min(limit, stats.records)
+    # The count is for the progress bar only: the loop runs until the outbox is empty, so a
+    # size counter that drifted (a hand-repaired file) can never end a replay early.
+    total = (await outbox.stats()).records
+    total = total if limit is None else min(limit, total)
     report = progress or (lambda _done, _total: None)
     report(0, total)
     if not dry_run:
         await sink.open()
     done, after = 0, 0
     try:
-        while done < total:
-            batch = await outbox.peek(min(batch_max, total - done), after_seq=after)
+        while limit is None or done < limit:
+            want = batch_max if limit is None else min(batch_max, limit - done)
+            batch = await outbox.peek(want, after_seq=after)
             if not batch:
                 break
             if not dry_run:
@@ -261,6 +264,7 @@ async def replay(
                 await outbox.delete([item.seq for item in batch])
             after = batch[-1].seq
             done += len(batch)
+            total = max(total, done)
             report(done, total)
     finally:
         if not dry_run:

@@ -57,16 +57,23 @@ CREATE TRIGGER IF NOT EXISTS outbox_size_delete AFTER DELETE ON outbox BEGIN
 END;
 CREATE TABLE IF NOT EXISTS usage_log (
     record_id  TEXT PRIMARY KEY,
+    request_id TEXT,
     org        TEXT,
     created_at REAL NOT NULL,
     payload    BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_log_created_at ON usage_log (created_at);
+CREATE INDEX IF NOT EXISTS usage_log_org_request ON usage_log (org, request_id);
 COMMIT;
 """
 _INSERT = "INSERT INTO outbox (topic, key, record_id, payload, created_at) VALUES (?, ?, ?, ?, ?)"
-# OR IGNORE: the first record stored for a request id is the one lookups answer with.
-_LOG = "INSERT OR IGNORE INTO usage_log (record_id, org, created_at, payload) VALUES (?, ?, ?, ?)"
+# The request id a client knows (its own x-request-id, or the record id) is read from the
+# record itself; OR IGNORE: a re-appended record keeps its first entry.
+_LOG = (
+    "INSERT OR IGNORE INTO usage_log (record_id, request_id, org, created_at, payload)"
+    " VALUES (?1, CASE WHEN json_valid(CAST(?2 AS TEXT))"
+    " THEN json_extract(CAST(?2 AS TEXT), '$.request_id') END, ?3, ?4, ?2)"
+)
 _PRUNE = (
     "DELETE FROM usage_log WHERE rowid IN"
     " (SELECT rowid FROM usage_log WHERE created_at < ? LIMIT ?)"
@@ -171,15 +178,21 @@ class SqliteOutbox(OpenCloseContext):
     async def stats(self) -> OutboxStats:
         return await self._worker.run("stats", _stats)
 
-    async def lookup(self, record_id: str) -> tuple[str | None, bytes] | None:
-        """(org, payload) of a usage record still within the log's retention, else None."""
+    async def lookup(self, request_id: str, org: str) -> bytes | None:
+        """An org's usage record by record id or request id (newest if several), else None.
+
+        Scoped to the org in the query itself: another org's ids are indistinguishable from
+        unknown ones.
+        """
         row = await self._worker.run(
             "lookup",
             lambda conn: conn.execute(
-                "SELECT org, payload FROM usage_log WHERE record_id = ?", (record_id,)
+                "SELECT payload FROM usage_log WHERE org = ? AND (record_id = ? OR request_id = ?)"
+                " ORDER BY created_at DESC LIMIT 1",
+                (org, request_id, request_id),
             ).fetchone(),
         )
-        return None if row is None else (row[0], bytes(row[1]))
+        return None if row is None else bytes(row[0])
 
     async def prune_log(self, now: float, retention_s: float) -> int:
         """Delete lookup entries older than `retention_s`, in chunks; the number deleted."""
@@ -251,7 +264,7 @@ class SqliteOutbox(OpenCloseContext):
             # executemany: one C loop per table, not two Python calls per record.
             conn.executemany(_INSERT, kept)
             conn.executemany(
-                _LOG, [(r[2], r[1] or None, r[4], r[3]) for r in kept if r[0] == "usage"]
+                _LOG, [(r[2], r[3], r[1] or None, r[4]) for r in kept if r[0] == "usage"]
             )
             size += sum(len(r[3]) for r in kept)
             dropped = _drop_oldest(conn, size - self._max_bytes) if size > self._max_bytes else 0

@@ -21,7 +21,7 @@ from tests.services import KafkaBroker, free_port, kafka_broker, restore_service
 __all__ = ["kafka_broker", "restore_services"]  # fixtures, for the Kafka test
 
 # Until routerctl/main.py registers the group: then [*routerctl_command(), "buffer"].
-BUFFER = [sys.executable, "-m", "routerctl.commands.buffer"]
+BUFFER = [*routerctl_command(), "buffer"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -101,9 +101,10 @@ def lookup_server(
     store = SqliteAuditStore(state_dir / "audit.sqlite")
     runtime = Runtime.from_settings(SETTINGS)
 
-    async def usage_lookup(request_id: str) -> tuple[str | None, bytes] | None:
+    async def usage_lookup(request_id: str, org: str) -> bytes | None:
         server.lookups.append(request_id)
-        return found.get(request_id)
+        entry = found.get(request_id)
+        return entry[1] if entry is not None and entry[0] == org else None
 
     app = Quart("lookup-test")
     install_error_handlers(app)

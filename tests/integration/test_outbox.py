@@ -167,7 +167,7 @@ async def test_records_survive_sigkill_of_the_writer(
         stored = [i.record_id for i in await reopened.peek(1_000_000)]
         assert set(printed) <= set(stored)
         assert len(stored) == len(set(stored))
-        assert all(await asyncio.gather(*(reopened.lookup(rid) for rid in printed)))
+        assert all(await asyncio.gather(*(reopened.lookup(rid, "acme") for rid in printed)))
 
 
 async def test_reject_mode_refuses_at_the_bound_and_keeps_everything(path: Path) -> None:
@@ -185,7 +185,9 @@ async def test_reject_mode_refuses_at_the_bound_and_keeps_everything(path: Path)
             await outbox.append("usage", "acme", "late", b"x")
         assert ((await outbox.stats()).records, outbox.size_bytes) == (10, 1000)
         assert ids_in(path) == [f"r{n}" for n in range(10)]
-        assert await outbox.lookup("r12") is None  # a refused record is not looked up either
+        assert (
+            await outbox.lookup("r12", "acme") is None
+        )  # a refused record is not looked up either
         [first] = await outbox.peek(1)
         await outbox.delete([first.seq])
         await outbox.append("usage", "acme", "after", b"x" * 100)
@@ -204,7 +206,7 @@ async def test_drop_oldest_mode_makes_room_and_counts(path: Path) -> None:
         assert sum(drops) == 5
         assert ids_in(path) == [*(f"r{n}" for n in range(5, 12)), "wide"]
         assert (await outbox.stats()).bytes == outbox.size_bytes == 950
-        assert await outbox.lookup("r0") is not None  # dropped from the outbox, not the log
+        assert await outbox.lookup("r0", "acme") is not None  # dropped from the outbox, not the log
 
 
 async def test_the_bound_is_shared_by_every_instance_on_the_file(path: Path) -> None:
@@ -251,15 +253,20 @@ async def test_two_processes_appending_to_one_file_lose_nothing(
 
 
 async def test_lookup_outlives_publishing(outbox: SqliteOutbox) -> None:
-    """A usage record is looked up by id with its org after it was published and deleted."""
-    await outbox.append("usage", "acme", "r1", b'{"id":"r1"}')
-    await outbox.append("usage", "", "r2", b'{"id":"r2"}')
+    """A usage record is found by record or request id, within its org only, after publishing."""
+    await outbox.append("usage", "acme", "r1", b'{"id":"r1","request_id":"client-7"}')
+    await outbox.append("usage", "", "r2", b'{"id":"r2","request_id":"r2"}')
+    await outbox.append("usage", "acme", "r3", b"not json")  # stored all the same
     await outbox.append("audit", "acme", "e1", b"{}")
     await outbox.delete([i.seq for i in await outbox.peek(10)])
-    assert await outbox.lookup("r1") == ("acme", b'{"id":"r1"}')
-    assert await outbox.lookup("r2") == (None, b'{"id":"r2"}')
-    assert await outbox.lookup("e1") is None  # only usage records are looked up
-    assert await outbox.lookup("nope") is None
+    record = b'{"id":"r1","request_id":"client-7"}'
+    assert await outbox.lookup("r1", "acme") == record
+    assert await outbox.lookup("client-7", "acme") == record
+    assert await outbox.lookup("client-7", "globex") is None  # another org's id: unknown
+    assert await outbox.lookup("r2", "") is None  # no org: not anyone's
+    assert await outbox.lookup("r3", "acme") == b"not json"
+    assert await outbox.lookup("e1", "acme") is None  # only usage records are looked up
+    assert await outbox.lookup("nope", "acme") is None
 
 
 async def test_prune_log_removes_only_expired_entries_in_chunks(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -340,6 +342,25 @@ async def test_replay_stops_at_a_sink_error_and_keeps_the_rest(outbox: SqliteOut
     with pytest.raises(SinkError):
         await replay(outbox, sink, batch_max=20)
     assert [i.record_id for i in await outbox.peek(100)] == ALL_200[40:60]
+
+
+def zero_size_counter(path: Path) -> None:
+    """Make the outbox's size row lie, as after a hand repair of the file."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE outbox_size SET records = 0, bytes = 0")
+
+
+async def test_replay_does_not_trust_the_size_counter(outbox: SqliteOutbox) -> None:
+    """replay() runs until the outbox is empty, even when the size counter says it is."""
+    await fill(outbox, 20)
+    await asyncio.to_thread(zero_size_counter, outbox.path)
+    sink = FlakySink()
+    progress: list[tuple[int, int]] = []
+    done = await replay(outbox, sink, batch_max=8, progress=lambda d, t: progress.append((d, t)))
+    assert done == 20
+    assert sink.ids == ALL_200[:20]
+    assert progress[-1] == (20, 20)
+    assert await outbox.peek(100) == []
 
 
 async def test_replay_limit(outbox: SqliteOutbox) -> None:
