@@ -15,12 +15,12 @@ import pytest
 
 from appliance.usage.ports import Topic
 from appliance.usage.sqlite_outbox import SqliteOutbox
+from tests.e2e.cli import routerctl_command
 from tests.integration.test_usage_sinks import consume
 from tests.services import KafkaBroker, free_port, kafka_broker, restore_services
 
 __all__ = ["kafka_broker", "restore_services"]  # fixtures, for the Kafka test
 
-# Until routerctl/main.py registers the group: then [*routerctl_command(), "buffer"].
 BUFFER = [*routerctl_command(), "buffer"]
 
 
