@@ -37,6 +37,7 @@ class RequestContext:
     first_byte_at: float | None = None
     response_bytes: int = 0
     event_stream: bool = False
+    content_length: int | None = None
     upstream_model: str | None = None
     estimate_prompt: int = 0
     estimate_completion: int = 0

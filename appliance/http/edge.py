@@ -77,12 +77,8 @@ class EdgeMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                context.status = message["status"]
-                headers = message.get("headers", ())
-                context.event_stream = any(
-                    k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers
-                )
-                message["headers"] = [*headers, rid_header]
+                _on_start(context, message)
+                message["headers"] = [*message.get("headers", ()), rid_header]
             elif message["type"] == "http.response.body":
                 await self._before_body(context, message)
             await send(message)
@@ -115,8 +111,17 @@ class EdgeMiddleware:
         context.response_bytes += len(body)
         if not context.record_usage or context.recorded:
             return
-        last = not message.get("more_body", False)
-        if last or (context.event_stream and b"data: [DONE]" in body):
+        # The last byte a client needs: the end of a sized body (Quart sends it before an
+        # empty closing message), `[DONE]` in a stream, or the closing message itself.
+        last = (
+            not message.get("more_body", False)
+            or (
+                context.content_length is not None
+                and context.response_bytes >= context.content_length
+            )
+            or (context.event_stream and b"data: [DONE]" in body)
+        )
+        if last:
             await self._record(context)
 
     async def _record(self, context: RequestContext) -> None:
@@ -170,6 +175,15 @@ class EdgeMiddleware:
                 f"The request body did not arrive within {self._limits.body_read_timeout_s:g} s."
             ) from None
         return b"".join(parts)
+
+
+def _on_start(context: RequestContext, message: Message) -> None:
+    context.status = message["status"]
+    for name, value in message.get("headers", ()):
+        if name == b"content-type":
+            context.event_stream = value.startswith(b"text/event-stream")
+        elif name == b"content-length" and value.isdigit():
+            context.content_length = int(value)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

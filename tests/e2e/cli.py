@@ -87,3 +87,34 @@ def _wait_healthy(router: RouterProcess, timeout: float = 20) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"router not healthy in {timeout}s:\n{router.output()}")
+
+
+@contextmanager
+def mock_backend_process(tmp: Path) -> Iterator[str]:
+    """`routerctl mock-backend` as its own process; yields its base URL (with /v1)."""
+    port = free_port()
+    log = tmp / f"mock-{port}.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*routerctl_command(), "mock-backend", "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with _HTTP.open(f"http://127.0.0.1:{port}/health", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(log.read_text())
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
