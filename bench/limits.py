@@ -110,8 +110,8 @@ def verify(
     is never exact here, one per tpm bucket when its usage settles: 3 in all. So valkey must
     have served at least as many EVALSHAs as wrk counted good responses, or the row measured
     something else (a failure). A Redis call that fails on the request path is a 503 (closed
-    mode) and already fails its case; a settlement that fails (e.g. its 50 ms timeout under
-    saturation) happens in the background, leaves the answer intact and is only counted in
+    mode) and already fails its case; a settlement that fails (e.g. times out) happens in the
+    background, leaves the answer intact and is only counted in
     `router_limiter_backend_errors_total`: a warning, with the router's log lines about it.
     """
     time.sleep(0.2)  # let the last background settlements land

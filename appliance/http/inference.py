@@ -26,16 +26,16 @@ def inference_blueprint(
     get_runtime: Callable[[], Runtime],
     forwarder: Forwarder,
     limiter: Limiter,
-    usage_full: Callable[[], bool],
+    usage_admit: Callable[[], bool],
 ) -> Blueprint:
     bp = Blueprint("inference", __name__)
 
     async def handle(endpoint: Endpoint) -> Response:
         runtime = get_runtime()
         context = request_context(request.scope)
+        if not usage_admit():
+            raise UsageBufferFull()  # refused before anything happened: nothing to record
         context.record_usage = True
-        if usage_full():
-            raise UsageBufferFull()
         principal = runtime.keyring.resolve(request.headers.get("authorization"))
         context.org, context.key_id = principal.org_id, principal.key_id
         parsed = parse_request(endpoint, context.body)

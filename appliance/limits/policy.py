@@ -115,8 +115,8 @@ def rate_headers(limits: tuple[Limit, ...], readings: tuple[BucketReading, ...])
 
 
 def format_duration(seconds: float) -> str:
-    """OpenAI's style: "1s", "6m0s", "0.5s"."""
+    """OpenAI's style: "1s", "6m0s", "120ms"."""
     if seconds < 1:
-        return f"{max(seconds, 0):.3g}s"
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
     minutes, rest = divmod(math.ceil(seconds), 60)
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"

@@ -10,9 +10,9 @@ from appliance.usage.ports import Outbox, OutboxFull, Topic
 from appliance.usage.record import RequestFacts, build_record, encode_record
 
 _log = get_logger("routerctl.usage")
-# New requests are refused a little before the outbox is full, so requests already in
-# flight can still write their records ("reject" never drops one it accepted).
-_ADMIT_BELOW = 0.95
+# Room kept in the outbox for each admitted request's record (records are ~0.5 KB), so a
+# request admitted under "reject" always has space for its record when it ends.
+_RECORD_RESERVE_BYTES = 4096
 
 
 class UsageObserver(Protocol):
@@ -41,13 +41,20 @@ class UsageRecorder:
         self._max_bytes = max_bytes
         self._reject = reject_when_full
         self.buffered_bytes = 0  # kept current by the publisher's buffer reports
+        self._reserved = 0  # admitted requests whose records are not written yet
 
-    def full(self) -> bool:
-        """True when new requests must be refused (on_full = "reject")."""
-        return self._reject and self.buffered_bytes >= self._max_bytes * _ADMIT_BELOW
+    def admit(self) -> bool:
+        """Reserve room for one more request's record; False when it must be refused."""
+        needed = self.buffered_bytes + (self._reserved + 1) * _RECORD_RESERVE_BYTES
+        if self._reject and needed > self._max_bytes:
+            return False
+        self._reserved += 1
+        return True
 
-    async def record(self, facts: RequestFacts) -> None:
+    async def record(self, facts: RequestFacts, *, admitted: bool = True) -> None:
         """Commit the request's record; returns once it survives a crash of this process."""
+        if admitted:
+            self._reserved = max(0, self._reserved - 1)
         record = build_record(facts, self._prices(facts.model))
         try:
             await self.append("usage", record.org or "", record.id, encode_record(record))
