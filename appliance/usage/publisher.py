@@ -77,6 +77,7 @@ class Publisher:
         monotonic: Callable[[], float] = time.monotonic,
         poll_interval_s: float = 1.0,
         backoff: Backoff | None = None,
+        linger_s: float = 0.05,
     ) -> None:
         by_topic = sinks if isinstance(sinks, Mapping) else dict.fromkeys(get_args(Topic), sinks)
         missing = set(get_args(Topic)) - by_topic.keys()
@@ -91,6 +92,7 @@ class Publisher:
         self._clock = clock
         self._monotonic = monotonic
         self._poll_s = poll_interval_s
+        self._linger_s = linger_s
         self._backoff = backoff or Backoff()
         self._opened: set[int] = set()  # id() of sinks opened
         self._wake = asyncio.Event()
@@ -167,6 +169,9 @@ class Publisher:
                 if self._stopping.is_set():
                     return
                 await self._wait(self._wake, self._poll_s)
+                # Linger so one publish (one fsync or Kafka round trip, one delete) carries a
+                # batch, not each request on its own: records are durable in the outbox already.
+                await self._wait(self._stopping, self._linger_s)
 
     async def _open(self, sink: UsageSink) -> None:
         if id(sink) in self._opened:
