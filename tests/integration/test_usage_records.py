@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import uuid
 from pathlib import Path
 
 import msgspec
 
 from appliance.auth.keyring import hash_key
 from tests.integration.router_harness import KEY, RouterUnderTest, chat, running_router
+from tests.integration.test_usage_sinks import consume
+from tests.services import KafkaBroker
 
 OTHER_KEY = "rk-test-other-org"
 OTHER_ORG = f"""
@@ -151,3 +155,44 @@ async def test_full_buffer_rejects_new_requests_and_drops_nothing() -> None:
         assert body["error"]["code"] == "usage_buffer_full"
         stats = await router.state.usage.outbox.stats()
         assert stats.records == statuses.count(200)
+
+
+async def test_usage_and_audit_events_reach_kafka(kafka_broker: KafkaBroker) -> None:
+    """With the Kafka sink, usage records and limit-denial audit events land in their topics."""
+    topic = f"u-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(topic, 1)
+    kafka_broker.create_topic(f"{topic}-audit", 1)
+    extra = f"""
+[usage]
+sink = "kafka"
+kafka_bootstrap = ["{kafka_broker.bootstrap}"]
+kafka_topic = "{topic}"
+kafka_audit_topic = "{topic}-audit"
+
+[[orgs]]
+id = "tight"
+rpm = 1
+
+[[keys]]
+id = "k-tight"
+org = "tight"
+sha256 = "{hash_key(OTHER_KEY)}"
+"""
+    async with running_router(extra=extra) as router:
+        headers = {"Authorization": f"Bearer {OTHER_KEY}"}
+        statuses = []
+        for _ in range(2):
+            response = await router.post("/v1/chat/completions", chat(), headers)
+            await response.read()
+            statuses.append(response.status)
+        assert statuses == [200, 429]
+        usage = await consume(kafka_broker.bootstrap, topic, 2)
+        audit = await consume(kafka_broker.bootstrap, f"{topic}-audit", 1)
+    assert sorted(json.loads(r.value)["status"] for r in usage) == [200, 429]
+    assert {r.key for r in usage} == {b"tight"}
+    [event] = [json.loads(r.value) for r in audit]
+    assert (event["kind"], event["org"], event["subject"]) == (
+        "limit.deny",
+        "tight",
+        "org:tight:rpm",
+    )
