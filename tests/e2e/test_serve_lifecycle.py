@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,42 +12,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.cli import free_port, router_process, routerctl_command, run_cli
+from tests.e2e.cli import mock_backend_process, router_process, run_cli
 
 
 @pytest.fixture(scope="module")
 def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`routerctl mock-backend` as its own process."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("mock") / "mock.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [*routerctl_command(), "mock-backend", "--port", str(port)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                import urllib.request  # noqa: PLC0415
-
-                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-                with opener.open(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError(log.read_text())
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            assert process.wait(10) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(5)
+    with mock_backend_process(tmp_path_factory.mktemp("mock")) as url:
+        yield url
 
 
 def write_config(tmp: Path, mock_url: str, key_lines: str, graceful_s: float) -> Path:

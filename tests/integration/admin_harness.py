@@ -225,10 +225,22 @@ def admin_server() -> Iterator[AdminServer]:
     app = Quart("admin-test")
     install_error_handlers(app)
     app.register_blueprint(admin_blueprint(control, AdminTokens(TOKENS)))
+    with threaded_app(app, contexts, "/v1/admin/backends") as url:
+        yield AdminServer(url, control, contexts)
+
+
+@contextmanager
+def threaded_app(
+    app: Quart, contexts: list[RequestContext], probe_path: str, port: int | None = None
+) -> Iterator[str]:
+    """Serve `app` behind the edge middleware on a free port, on its own loop in a thread.
+
+    A thread, so plain sync tests and CLI subprocesses can call it; yields its base URL.
+    """
     limits = EdgeLimits(max_body_bytes=65536, body_read_timeout_s=5.0, max_header_bytes=16384)
     edge = EdgeMiddleware(app.asgi_app, limits, Metrics(), contexts.append)  # type: ignore[arg-type]
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
-    port = free_port()
+    port = port or free_port()
     settings = ServerSettings(listen=f"127.0.0.1:{port}", metrics_listen="", graceful_shutdown_s=1)
     config = hypercorn_config(settings)
     config.worker_class = "asyncio"
@@ -242,8 +254,8 @@ def admin_server() -> Iterator[AdminServer]:
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_answering(url, thread)
-        yield AdminServer(url, control, contexts)
+        _wait_answering(url + probe_path, thread)
+        yield url
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
@@ -254,11 +266,11 @@ def _wait_answering(url: str, thread: threading.Thread, timeout: float = 10) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and thread.is_alive():
         try:
-            with _HTTP.open(f"{url}/v1/admin/backends", timeout=1):
+            with _HTTP.open(url, timeout=1):
                 return
         except urllib.error.HTTPError as answered:  # any HTTP answer means it is serving
             answered.close()
             return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError("admin test server did not start")
+    raise RuntimeError(f"test server at {url} did not start")

@@ -6,9 +6,7 @@ included) over a real SqliteAuditStore and an in-memory usage lookup.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -19,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypercorn.asyncio import serve
 from quart import Quart
 
 from appliance.audit.events import AuditEvent
@@ -27,13 +24,11 @@ from appliance.audit.sqlite_store import SqliteAuditStore
 from appliance.auth.admin import AdminTokens
 from appliance.auth.keyring import hash_key
 from appliance.http.context import RequestContext
-from appliance.http.edge import EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
 from appliance.http.lookup import lookup_blueprint
 from appliance.runtime import Runtime
-from appliance.server import hypercorn_config
-from appliance.settings import AdminSettings, AdminToken, ApiKey, Org, ServerSettings, Settings
-from appliance.telemetry.metrics import Metrics
+from appliance.settings import AdminSettings, AdminToken, ApiKey, Org, Settings
+from tests.integration.admin_harness import threaded_app
 from tests.services import free_port
 
 VIEWER_TOKEN = "rka-lookup-viewer"
@@ -119,41 +114,8 @@ def lookup_server(
         yield
         await store.close()
 
-    limits = EdgeLimits(max_body_bytes=65536, body_read_timeout_s=5.0, max_header_bytes=16384)
-    edge = EdgeMiddleware(app.asgi_app, limits, Metrics(), server.contexts.append)  # type: ignore[arg-type]
-    app.asgi_app = edge  # type: ignore[assignment, method-assign]
-    settings = ServerSettings(listen=f"127.0.0.1:{port}", metrics_listen="", graceful_shutdown_s=1)
-    config = hypercorn_config(settings)
-    config.worker_class = "asyncio"
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    thread = threading.Thread(
-        target=loop.run_until_complete,
-        args=(serve(app, config, shutdown_trigger=stop.wait),),
-        daemon=True,
-    )
-    thread.start()
-    try:
-        _wait_answering(server.url, thread)
+    with threaded_app(app, server.contexts, "/v1/admin/audit", port):
         yield server
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
-
-
-def _wait_answering(url: str, thread: threading.Thread, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and thread.is_alive():
-        try:
-            with _HTTP.open(f"{url}/v1/admin/audit", timeout=1):
-                return
-        except urllib.error.HTTPError as answered:  # any HTTP answer means it is serving
-            answered.close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("lookup test server did not start")
 
 
 @pytest.fixture(scope="module")
