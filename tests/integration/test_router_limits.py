@@ -138,5 +138,6 @@ async def test_client_leaving_mid_body_costs_nothing(router: RouterUnderTest) ->
     await asyncio.sleep(0.2)
     response = await router.post("/v1/chat/completions", chat())
     assert response.status == 200
+    await response.read()  # releases the connection
     assert len(router.mocks["m0"].requests()) == 1
     del reader
