@@ -9,8 +9,9 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from quart import Quart
+from quart import Quart, has_request_context, has_websocket_context
 
 from appliance.app_limits import LimitParts, build_limits
 from appliance.app_usage import UsageParts, build_usage
@@ -111,6 +112,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         max_retries=settings.routing.max_retries,
     )
     app = Quart("routerctl")
+    _report_startup_failures_once(app)
     # "//" in a path must be a JSON 404, not werkzeug's HTML redirect to the merged path.
     app.url_map.merge_slashes = False
     app.config.update(
@@ -168,6 +170,20 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     )
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
+
+
+def _report_startup_failures_once(app: Quart) -> None:
+    """A failed start is reported by `routerctl serve` as one line; Quart would log its
+    traceback first. Exceptions in requests are still logged (by the error handlers)."""
+    log_exception = app.log_exception
+
+    def log(exc_info: Any) -> None:
+        if has_request_context() or has_websocket_context():
+            log_exception(exc_info)
+        else:
+            _log.error("startup_failed", error=str(exc_info[1]))
+
+    app.log_exception = log  # type: ignore[method-assign, assignment]
 
 
 def _access_logger(enabled: bool) -> AccessLog:

@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.utils import LifespanFailureError
 
 from appliance.app import build_app
 from appliance.settings import ServerSettings, parse_listen
@@ -30,8 +31,15 @@ Started = Callable[[LoadedConfig], None]
 _log = get_logger("routerctl.server")
 
 
+class StartupError(RuntimeError):
+    """The app could not start (state dir, stores): one line for the operator."""
+
+
 def run(source: ConfigSource, on_started: Started | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, then drain; returns the process exit code."""
+    """Serve until SIGTERM/SIGINT, then drain; returns the process exit code.
+
+    Raises StartupError when a component cannot start.
+    """
     try:
         import uvloop  # noqa: PLC0415  (optional: absent on platforms without it)
     except ImportError:
@@ -39,7 +47,10 @@ def run(source: ConfigSource, on_started: Started | None = None) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(source, on_started))
+        try:
+            runner.run(serve(source, on_started))
+        except LifespanFailureError as exc:
+            raise StartupError(str(exc).removeprefix("Lifespan failure in startup. ")) from None
     return 0
 
 
@@ -84,10 +95,19 @@ def hypercorn_config(server: ServerSettings) -> HypercornConfig:
     config.h2_max_concurrent_streams = 100
     config.backlog = 2048
     config.accesslog = None  # our edge middleware writes the access log
-    config.errorlog = logging.getLogger("hypercorn.error")  # one handler: our root config
+    errorlog = logging.getLogger("hypercorn.error")  # one handler: our root config
+    errorlog.addFilter(_drop_startup_failure)
+    config.errorlog = errorlog
     # hypercorn's own read timeout is for idle keep-alive; bodies are timed by EdgeMiddleware.
     config.read_timeout = None
     return config
+
+
+def _drop_startup_failure(record: logging.LogRecord) -> bool:
+    # `routerctl serve` reports a failed start as one line (StartupError); hypercorn's own
+    # log of it would add a traceback before that line.
+    failure = record.exc_info[1] if record.exc_info else None
+    return not isinstance(failure, LifespanFailureError)
 
 
 def _announce(stop: asyncio.Event) -> Callable[[], Awaitable[None]]:

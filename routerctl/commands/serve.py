@@ -46,10 +46,12 @@ def serve(
         source, on_started = _file_source(config, listen, metrics_listen), None
     else:
         source, on_started = _demo_source(listen, metrics_listen), _demo_banner
-    from appliance.server import run  # noqa: PLC0415
+    from appliance.server import StartupError, run  # noqa: PLC0415
 
     try:
         code = run(source, on_started)
+    except StartupError as exc:
+        fail(f"cannot start: {exc}")
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             fail(f"cannot listen: address already in use ({exc.strerror})")

@@ -177,3 +177,15 @@ def test_version() -> None:
     """`version --json` reports version, commit and build time."""
     result = run_cli("version", "--json")
     assert set(json.loads(result.stdout)) == {"version", "commit", "build_time"}
+
+
+def test_unusable_state_dir_is_one_line(tmp_path: Path) -> None:
+    """A state dir that cannot be created stops the start with one readable line and exit 1."""
+    config = tmp_path / "r.toml"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    config.write_text(f'[server]\nmetrics_listen = ""\n\n[state]\ndir = "{blocker}/state"\n')
+    result = run_cli("serve", "--config", str(config), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("routerctl: error: cannot start: ")
