@@ -23,14 +23,21 @@ class StoreError(RuntimeError):
     """A SQLite store could not be opened or used; the message names the file."""
 
 
-class OpenCloseContext:
-    """`async with store:` for stores that have async open() and close()."""
+class SqliteStore:
+    """A store on one SqliteWorker: its path, open/close, and `async with store:`."""
+
+    _worker: SqliteWorker
+
+    @property
+    def path(self) -> Path:
+        return self._worker.path
 
     async def open(self) -> None:
-        raise NotImplementedError
+        """Create or open the file; StoreError naming the path if it is corrupt or unwritable."""
+        await self._worker.open()
 
     async def close(self) -> None:
-        raise NotImplementedError
+        await self._worker.close()
 
     async def __aenter__(self) -> Self:
         await self.open()

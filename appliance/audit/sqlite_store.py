@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from appliance.audit.events import AuditEvent
-from appliance.sqlite_support import OpenCloseContext, SqliteWorker, StoreError
+from appliance.sqlite_support import SqliteStore, SqliteWorker, StoreError
 
 _log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _Row = tuple[Any, ...]
 _Waiter = tuple[_Row, asyncio.Future[None]]
 
 
-class SqliteAuditStore(OpenCloseContext):
+class SqliteAuditStore(SqliteStore):
     """Audit events in one table; `open()`/`close()` or `async with`.
 
     Appends arriving together are committed in one transaction (group commit): each append
@@ -89,14 +89,9 @@ class SqliteAuditStore(OpenCloseContext):
         self._since_prune = 0
         self._closing = False
 
-    @property
-    def path(self) -> Path:
-        return self._worker.path
-
     async def open(self) -> None:
-        """Create or open the file; StoreError naming the path if it is corrupt or unwritable."""
         self._closing = False
-        await self._worker.open()
+        await super().open()
 
     async def close(self) -> None:
         """Finish the appends already accepted, then close the file."""
@@ -104,7 +99,7 @@ class SqliteAuditStore(OpenCloseContext):
         if self._writer is not None:
             await asyncio.wait({self._writer})  # not gather: cancelling close() must not cancel it
             self._writer = None
-        await self._worker.close()
+        await super().close()
 
     async def append(self, event: AuditEvent) -> None:
         """Durably record one event (committed before returning).

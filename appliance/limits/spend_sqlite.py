@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from appliance.limits.ports import LimiterBackendError
-from appliance.sqlite_support import OpenCloseContext, SqliteWorker, StoreError
+from appliance.sqlite_support import SqliteStore, SqliteWorker, StoreError
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ _UPSERT = (
 )
 
 
-class SqliteSpendStore(OpenCloseContext):
+class SqliteSpendStore(SqliteStore):
     """Spend per (org, period), one row each; `async with SqliteSpendStore(path) as store`.
 
     open() raises StoreError naming the file; spent()/add()/ping() raise LimiterBackendError,
@@ -43,17 +43,6 @@ class SqliteSpendStore(OpenCloseContext):
         self._worker = SqliteWorker(
             path, schema=_SCHEMA, version=1, synchronous="NORMAL", name="spend"
         )
-
-    @property
-    def path(self) -> Path:
-        return self._worker.path
-
-    async def open(self) -> None:
-        """Create or open the file; StoreError naming the path if it is corrupt or unwritable."""
-        await self._worker.open()
-
-    async def close(self) -> None:
-        await self._worker.close()
 
     async def spent(self, org: str, period: str) -> float:
         """USD spent by `org` in `period` ("YYYY-MM"); 0.0 when nothing was recorded."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.routing.overrides import Override, OverrideKind
-from appliance.sqlite_support import OpenCloseContext, SqliteWorker, StoreError
+from appliance.sqlite_support import SqliteStore, SqliteWorker, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS overrides (
@@ -32,7 +32,7 @@ _INSERT = (
 )
 
 
-class SqliteOverrideStore(OpenCloseContext):
+class SqliteOverrideStore(SqliteStore):
     """Durable overrides, one row each, keyed by id.
 
     Use `await open()` / `await close()`, or `async with SqliteOverrideStore(path) as store`.
@@ -44,17 +44,6 @@ class SqliteOverrideStore(OpenCloseContext):
         self._worker = SqliteWorker(
             path, schema=_SCHEMA, version=1, synchronous="NORMAL", name="override"
         )
-
-    @property
-    def path(self) -> Path:
-        return self._worker.path
-
-    async def open(self) -> None:
-        """Create or open the file; StoreError naming the path if it is corrupt or unwritable."""
-        await self._worker.open()
-
-    async def close(self) -> None:
-        await self._worker.close()
 
     async def list(self) -> list[Override]:
         """Every stored override, expired ones included until purged, oldest first."""

@@ -22,7 +22,7 @@ from itertools import compress
 from pathlib import Path
 from typing import Literal
 
-from appliance.sqlite_support import OpenCloseContext, SqliteWorker, StoreError
+from appliance.sqlite_support import SqliteStore, SqliteWorker, StoreError
 from appliance.usage.ports import OutboxFull, OutboxItem, OutboxStats, Topic
 
 OnFull = Literal["reject", "drop_oldest"]
@@ -90,7 +90,7 @@ class _Committed:
     bytes: int
 
 
-class SqliteOutbox(OpenCloseContext):
+class SqliteOutbox(SqliteStore):
     """Outbox (see ports.py) plus the usage lookup log; `open()`/`close()` or `async with`.
 
     Appends arriving within `batch_window_s` of each other, or while a commit is running,
@@ -125,18 +125,13 @@ class SqliteOutbox(OpenCloseContext):
         self.appended = 0  # records those transactions stored
 
     @property
-    def path(self) -> Path:
-        return self._worker.path
-
-    @property
     def size_bytes(self) -> int:
         """Payload bytes in the outbox as of the last transaction this instance ran."""
         return self._bytes
 
     async def open(self) -> None:
-        """Create or open the file; StoreError naming the path if it is corrupt or unwritable."""
         self._closing = False
-        await self._worker.open()
+        await super().open()
         await self._worker.run("open", lambda c: c.execute(f"PRAGMA busy_timeout={_BUSY_MS}"))
         self._bytes = (await self.stats()).bytes
 
@@ -146,7 +141,7 @@ class SqliteOutbox(OpenCloseContext):
         if self._writer is not None:
             await asyncio.wait({self._writer})  # not gather: cancelling close() must not cancel it
             self._writer = None
-        await self._worker.close()
+        await super().close()
 
     async def append(self, topic: Topic, key: str, record_id: str, payload: bytes) -> None:
         """Committed (survives SIGKILL) when it returns; OutboxFull if refused for size."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated
@@ -75,6 +76,14 @@ def admin_errors() -> Iterator[None]:
 def print_value(value: object) -> None:
     """A client Struct (or list of them) as JSON, in the admin API's own shape."""
     print_json(msgspec.to_builtins(value))
+
+
+def report_override(made: OverrideInfo, as_json: bool, what: str) -> None:
+    """A change's answer: the override as JSON, or one line saying what it did and until when."""
+    if as_json:
+        print_value(made)
+    else:
+        typer.echo(f"{what}, {expires_in(made, time.time())} (override {made.id})")
 
 
 def print_table(table: Table) -> None:

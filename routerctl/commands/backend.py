@@ -15,9 +15,9 @@ from routerctl.commands.admin_view import (
     UrlOption,
     admin_errors,
     backends_table,
-    expires_in,
     print_table,
     print_value,
+    report_override,
     ttl_or_fail,
 )
 
@@ -56,13 +56,7 @@ def degrade(
     ttl_s = ttl_or_fail(ttl)
     with admin_errors():
         made = AdminClient.from_env(url).degrade(backend_id, weight, reason, ttl_s)
-    if as_json:
-        print_value(made)
-    else:
-        typer.echo(
-            f"backend {made.backend} degraded to x{made.factor:g}, "
-            f"{expires_in(made, time.time())} (override {made.id})"
-        )
+    report_override(made, as_json, f"backend {made.backend} degraded to x{made.factor:g}")
 
 
 @app.command("drain")
@@ -77,12 +71,7 @@ def drain(
     ttl_s = ttl_or_fail(ttl)
     with admin_errors():
         made = AdminClient.from_env(url).drain(backend_id, reason, ttl_s)
-    if as_json:
-        print_value(made)
-    else:
-        typer.echo(
-            f"backend {made.backend} drained, {expires_in(made, time.time())} (override {made.id})"
-        )
+    report_override(made, as_json, f"backend {made.backend} drained")
 
 
 @app.command("restore")

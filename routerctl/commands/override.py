@@ -14,10 +14,10 @@ from routerctl.commands.admin_view import (
     TtlOption,
     UrlOption,
     admin_errors,
-    expires_in,
     overrides_table,
     print_table,
     print_value,
+    report_override,
     ttl_or_fail,
 )
 
@@ -54,13 +54,7 @@ def pin(
     ttl_s = ttl_or_fail(ttl)
     with admin_errors():
         made = AdminClient.from_env(url).pin(model, backend_id, reason, ttl_s)
-    if as_json:
-        print_value(made)
-    else:
-        typer.echo(
-            f"model {made.model} pinned to backend {made.backend}, "
-            f"{expires_in(made, time.time())} (override {made.id})"
-        )
+    report_override(made, as_json, f"model {made.model} pinned to backend {made.backend}")
 
 
 @app.command("clear")
