@@ -190,4 +190,6 @@ async def test_full_backends_answer_503_with_retry_after() -> None:
         assert response.status == 503
         assert response.headers["retry-after"] == "1"
         assert (await response.json())["error"]["code"] == "backends_saturated"
-        assert (await slow).status == 200
+        finished = await slow
+        assert finished.status == 200
+        await finished.read()
