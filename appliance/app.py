@@ -5,20 +5,25 @@ This is the only module that chooses implementations and wires them together.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quart import Quart, has_request_context, has_websocket_context
 
+from appliance.app_config import ConfigStore, build_config_service, build_store
 from appliance.app_limits import LimitParts, build_limits
 from appliance.app_usage import UsageParts, build_usage
 from appliance.audit.sink import AuditSink
 from appliance.audit.sqlite_store import SqliteAuditStore
 from appliance.auth.admin import AdminTokens
+from appliance.configsvc.live import LiveConfig
+from appliance.configsvc.service import ConfigService
 from appliance.http.admin import admin_blueprint
+from appliance.http.buffer_admin import buffer_blueprint
 from appliance.http.context import RequestContext
 from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
@@ -26,18 +31,22 @@ from appliance.http.inference import inference_blueprint
 from appliance.http.lookup import lookup_blueprint
 from appliance.http.status import status_blueprint
 from appliance.http.usage_facts import facts_from
+from appliance.readiness import Probe, ProbeFailed, Readiness
 from appliance.routing.control import Control, OverrideBook
 from appliance.routing.health_monitor import HealthMonitor
 from appliance.routing.registry import Registry
 from appliance.routing.retry_budget import RetryBudget
-from appliance.routing.sqlite_override_store import SqliteOverrideStore
 from appliance.runtime import Runtime
+from appliance.settings import Settings
 from appliance.settings_loader import LoadedConfig
+from appliance.telemetry.config_metrics import ConfigMetrics
+from appliance.telemetry.limit_metrics import BudgetLimits
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.routing_metrics import RoutingMetrics
 from appliance.upstream.client import BackendClient
 from appliance.upstream.forwarder import Forwarder, RoutingParts
+from appliance.usage.buffer_service import BufferService
 
 _log = get_logger("routerctl.app")
 
@@ -49,17 +58,23 @@ class AppState:
     config: LoadedConfig
     runtime: Runtime
     metrics: Metrics
+    config_metrics: ConfigMetrics  # the config service reports here; the file at start
     backends: BackendClient
     registry: Registry
     control: Control
     health: HealthMonitor
-    overrides_store: SqliteOverrideStore
+    store: ConfigStore
     audit: SqliteAuditStore
     limits: LimitParts
     usage: UsageParts
+    config_service: ConfigService = field(init=False)
+    readiness: Readiness = field(init=False)
 
     def current_runtime(self) -> Runtime:
         return self.runtime
+
+    def swap_runtime(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,31 +91,51 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     registry = Registry.from_settings(settings)
     book = OverrideBook(time.time)
     backends = BackendClient(settings.backends, config.credentials)
-    overrides_store = SqliteOverrideStore(state_dir / "overrides.sqlite")
+    store = build_store(settings, state_dir)
     audit = SqliteAuditStore(state_dir / "audit.sqlite")
     runtime = Runtime.from_settings(settings)
     usage = build_usage(settings, state_dir, metrics, runtime)
     audit_sink = AuditSink(audit, forward=usage.forward_audit)
+    limits = build_limits(settings, state_dir, metrics, audit_sink)
+    control = Control(
+        registry=registry,
+        book=book,
+        store=store.overrides,
+        audit=audit,
+        wall=time.time,
+        monotonic=time.monotonic,
+    )
     state = AppState(
         config=config,
         runtime=runtime,
         metrics=metrics,
+        config_metrics=ConfigMetrics(metrics.registry),
         backends=backends,
         registry=registry,
-        control=Control(
-            registry=registry,
-            book=book,
-            store=overrides_store,
-            audit=audit,
-            wall=time.time,
-            monotonic=time.monotonic,
-        ),
+        control=control,
         health=HealthMonitor(registry, backends.probe, settings.routing, time.monotonic),
-        overrides_store=overrides_store,
+        store=store,
         audit=audit,
-        limits=build_limits(settings, state_dir, metrics, audit_sink),
+        limits=limits,
         usage=usage,
     )
+    state.config_service = build_config_service(
+        config,
+        store,
+        LiveConfig(
+            registry=registry,
+            backends=backends,
+            health=state.health,
+            current=state.current_runtime,
+            swap=state.swap_runtime,
+            environ=os.environ,
+        ),
+        state.config_metrics,
+        audit_sink,
+        control.load,
+    )
+    state.readiness = _readiness(settings, limits, usage, control, state.config_service)
+    metrics.registry.register(BudgetLimits(lambda: state.current_runtime().settings))
     routing = RoutingParts(
         registry=registry,
         book=book,
@@ -124,7 +159,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         JSON_SORT_KEYS=False,
     )
     install_error_handlers(app)
-    app.register_blueprint(status_blueprint())
+    app.register_blueprint(status_blueprint(state.readiness))
     app.register_blueprint(
         inference_blueprint(
             state.current_runtime,
@@ -135,6 +170,14 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     )
     admin_tokens = AdminTokens(settings.admin.tokens)
     app.register_blueprint(admin_blueprint(state.control, admin_tokens))
+    buffer = BufferService(
+        usage.outbox,
+        usage.publisher,
+        path=str(state_dir / "outbox.sqlite"),
+        sink=settings.usage.sink,
+        clock=time.time,
+    )
+    app.register_blueprint(buffer_blueprint(buffer, admin_tokens))
     app.register_blueprint(
         lookup_blueprint(state.current_runtime, admin_tokens, state.audit, usage.outbox.lookup)
     )
@@ -142,8 +185,9 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
         await state.usage.open()
-        await state.overrides_store.open()
+        await state.store.open()
         await state.audit.open()
+        await state.config_service.start()
         await state.control.load()
         await state.backends.open()
         await state.limits.open()
@@ -152,8 +196,9 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         await state.health.stop()
         await state.limits.close()
         await state.backends.close()
+        await state.config_service.stop()
         await state.audit.close()
-        await state.overrides_store.close()
+        await state.store.close()
         await state.usage.close()
 
     access_log = _access_logger(settings.telemetry.access_log)
@@ -170,6 +215,41 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     )
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
+
+
+def _readiness(
+    settings: Settings,
+    limits: LimitParts,
+    usage: UsageParts,
+    control: Control,
+    config: ConfigService,
+) -> Readiness:
+    async def registry_probe() -> None:
+        if not settings.models:
+            raise ProbeFailed("no models configured")
+        if missing := control.unroutable_models():
+            raise ProbeFailed(f"no routable backend for: {', '.join(sorted(missing))}")
+
+    redis = limits.redis
+
+    async def redis_probe() -> None:
+        assert redis is not None
+        await redis.ping()
+
+    probes: dict[str, Probe | None] = {
+        "redis": redis_probe if redis is not None else None,
+        "kafka": usage.kafka.ping if usage.kafka is not None else None,
+        "config_service": config.probe if config.etcd is not None else None,
+        "backend_registry": registry_probe,
+        "usage_buffer": usage.check_buffer,
+    }
+    return Readiness(
+        probes,
+        required=settings.health.required,
+        timeout_s=settings.health.readiness_timeout_s,
+        cache_s=settings.health.cache_s,
+        monotonic=time.monotonic,
+    )
 
 
 def _report_startup_failures_once(app: Quart) -> None:

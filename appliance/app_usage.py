@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.audit.events import AuditEvent, encode_event
+from appliance.readiness import ProbeFailed
 from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.sqlite_support import StoreError
@@ -42,6 +43,7 @@ class UsageParts:
     state_dir: Path
     audit_to_outbox: bool
     retention_s: float
+    kafka: KafkaSink | None = None
     lock: ExitStack = field(default_factory=ExitStack)
     pruner: asyncio.Task[None] | None = None
 
@@ -71,6 +73,11 @@ class UsageParts:
                 _log.warning("usage_lookup_prune_failed", error=str(exc))
             await asyncio.sleep(_PRUNE_EVERY_S)
 
+    async def check_buffer(self) -> None:
+        """Readiness: unhealthy while new requests are refused for a full buffer."""
+        if self.recorder.refusing():
+            raise ProbeFailed("usage buffer full; new requests are refused until it drains")
+
     async def forward_audit(self, event: AuditEvent) -> None:
         """Audit events go to the Kafka audit topic through the outbox, like usage."""
         if self.audit_to_outbox:
@@ -94,6 +101,7 @@ def build_usage(
         on_drop=observer.dropped,
     )
     sinks: dict[Topic, UsageSink]
+    kafka: KafkaSink | None = None
     if u.sink == "kafka":
         kafka = KafkaSink(
             u.kafka_bootstrap,
@@ -127,6 +135,7 @@ def build_usage(
         state_dir,
         audit_to_outbox=u.sink == "kafka",
         retention_s=u.lookup_retention_days * 86400,
+        kafka=kafka,
     )
 
 

@@ -267,3 +267,11 @@ def catalog() -> list[type[RouterError]]:
         found.append(cls)
         pending.extend(cls.__subclasses__())
     return sorted(found, key=lambda c: (c.status, c.code))
+
+
+class UsageSinkUnavailable(RouterError):
+    status = 503
+    type = "server_error"
+    code = "usage_sink_unavailable"
+    retriable = True
+    default_message = "The usage sink did not acknowledge; the records stay in the outbox."

@@ -1,7 +1,9 @@
 """Run the app on hypercorn (uvloop), the metrics listener beside it, and drain on signals.
 
-Shutdown order: a signal stops the listeners accepting; requests and streams in flight get
-`graceful_shutdown_s` to finish; then the app's lifecycle closes its clients and we exit 0.
+Shutdown order: a signal turns readiness to 503 (with `shutdown_delay_s`, the listener keeps
+accepting that long so load balancers notice), then stops the listeners accepting; requests
+and streams in flight get `graceful_shutdown_s` to finish; then the app's lifecycle closes
+its clients and we exit 0.
 """
 
 from __future__ import annotations
@@ -67,14 +69,16 @@ async def serve(source: ConfigSource, on_started: Started | None = None) -> None
             metrics = Metrics()
             built = build_app(config, metrics)
             if server.metrics_listen:
-                await stack.enter_async_context(_MetricsListener(server.metrics_listen, metrics))
+                await stack.enter_async_context(MetricsListener(server.metrics_listen, metrics))
             _log.info("starting", listen=server.listen, metrics=server.metrics_listen or None)
             if on_started is not None:
                 on_started(config)
             await hypercorn_serve(
                 built.asgi,  # type: ignore[arg-type]
                 hypercorn_config(server),
-                shutdown_trigger=_announce(stop),
+                shutdown_trigger=_announce(
+                    stop, built.state.readiness.begin_shutdown, server.shutdown_delay_s
+                ),
                 mode="asgi",
             )
             _log.info("stopped")
@@ -110,15 +114,23 @@ def _drop_startup_failure(record: logging.LogRecord) -> bool:
     return not isinstance(failure, LifespanFailureError)
 
 
-def _announce(stop: asyncio.Event) -> Callable[[], Awaitable[None]]:
+def _announce(
+    stop: asyncio.Event, unready: Callable[[], None], delay_s: float
+) -> Callable[[], Awaitable[None]]:
     async def wait() -> None:
         await stop.wait()
+        unready()
+        if delay_s > 0:
+            # Readiness already says 503; load balancers need a few probe periods to notice
+            # before the listener closes, or they send new requests into refused connections.
+            _log.info("unready", detail=f"still accepting for {delay_s:g}s before draining")
+            await asyncio.sleep(delay_s)
         _log.info("draining", detail="stopped accepting; waiting for requests in flight")
 
     return wait
 
 
-class _MetricsListener:
+class MetricsListener:
     """Prometheus text on its own listener, so scraping never competes with the public API."""
 
     def __init__(self, listen: str, metrics: Metrics) -> None:
@@ -126,7 +138,7 @@ class _MetricsListener:
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> _MetricsListener:
+    async def __aenter__(self) -> MetricsListener:
         app = web.Application()
         app.router.add_get("/metrics", self._render)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

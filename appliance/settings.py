@@ -34,6 +34,7 @@ class ServerSettings(_Section, frozen=True):
     keep_alive_timeout_s: PositiveFloat = 75.0
     keep_alive_max_requests: Annotated[int, Meta(ge=1)] = 10_000
     graceful_shutdown_s: NonNegFloat = 30.0
+    shutdown_delay_s: NonNegFloat = 0.0  # readyz 503 but still accepting, before the drain
 
 
 class StateSettings(_Section, frozen=True):
@@ -74,6 +75,30 @@ class RoutingSettings(_Section, frozen=True):
     max_retries: Annotated[int, Meta(ge=0, le=5)] = 2  # other backends tried before giving up
     retry_budget_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.2  # retries per request
     retry_budget_min_per_s: NonNegFloat = 3.0  # retries always allowed at a trickle
+
+
+class ConfigServiceSettings(_Section, frozen=True):
+    """etcd, when set: backends, models, orgs, keys and overrides come from it, live."""
+
+    etcd_endpoints: tuple[str, ...] = ()  # "https://etcd-0:2379", ...; () = no config service
+    prefix: Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./-]*/$")] = "/routerctl/"
+    username: str = ""
+    password_env: EnvName | None = None  # the variable holding the password
+    ca_file: str = ""
+    cert_file: str = ""  # client certificate (mutual TLS), with key_file
+    key_file: str = ""
+    timeout_s: PositiveFloat = 3.0  # each etcd request; also how long start waits for etcd
+
+
+ReadinessComponent = Literal["redis", "kafka", "config_service", "backend_registry", "usage_buffer"]
+
+
+class HealthSettings(_Section, frozen=True):
+    """Readiness (`/v1/status/readyz`): which components count, and how they are probed."""
+
+    required: tuple[ReadinessComponent, ...] = ()  # empty: every configured component
+    readiness_timeout_s: PositiveFloat = 1.0  # per probe
+    cache_s: NonNegFloat = 1.0  # one probe round answers every readiness call this long
 
 
 class UsageSettings(_Section, frozen=True):
@@ -173,6 +198,8 @@ class Settings(_Section, frozen=True):
     admin: AdminSettings = AdminSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     routing: RoutingSettings = RoutingSettings()
+    health: HealthSettings = HealthSettings()
+    config_service: ConfigServiceSettings = ConfigServiceSettings()
     limits: LimitSettings = LimitSettings()
     budget: BudgetSettings = BudgetSettings()
     usage: UsageSettings = UsageSettings()
@@ -227,8 +254,21 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
-def _backend_problems(settings: Settings) -> list[Problem]:
+def _config_service_problems(settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
+    cs = settings.config_service
+    for i, endpoint in enumerate(cs.etcd_endpoints):
+        if not endpoint.startswith(("http://", "https://")):
+            problems.append((("config_service", "etcd_endpoints", i), "must start with http(s)://"))
+    if bool(cs.cert_file) != bool(cs.key_file):
+        problems.append((("config_service", "cert_file"), "cert_file and key_file go together"))
+    if bool(cs.username) != (cs.password_env is not None):
+        problems.append((("config_service", "username"), "username and password_env go together"))
+    return problems
+
+
+def _backend_problems(settings: Settings) -> list[Problem]:
+    problems: list[Problem] = _config_service_problems(settings)
     redis_url = settings.state.redis_url
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append((("state", "redis_url"), "must start with redis://, rediss:// or unix://"))

@@ -106,6 +106,11 @@ def resolve_credentials(
                 continue
             headers[header] = f"Bearer {value}" if header == "authorization" else value
         credentials[backend.id] = BackendCredentials(headers)
+    password_env = settings.config_service.password_env
+    if password_env and not environ.get(password_env):
+        missing.append(
+            (("config_service", "password_env"), f"environment variable {password_env} is not set")
+        )
     return credentials, missing
 
 

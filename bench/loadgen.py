@@ -21,7 +21,7 @@ _SLACK_S = 30  # how much longer than its duration a wrk run may take before it 
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    target: str  # direct | noop | routerctl | routerctl+redis
+    target: str  # one of report.TARGETS
     mode: str  # chat | stream
     concurrency: int
     url: str

@@ -7,21 +7,36 @@ from dataclasses import asdict, dataclass
 
 from loadgen import Result
 
-TARGETS = ("direct", "noop", "routerctl", "routerctl+redis")
-ROUTERS = ("routerctl", "routerctl+redis")  # the rows under test; they get the API key
+TARGETS = (
+    "direct",
+    "noop",
+    "routerctl+none",
+    "routerctl",
+    "routerctl+kafka",
+    "routerctl+redis",
+)
+# The rows under test; they get the API key. routerctl publishes usage to the default file
+# sink, routerctl+none to sink "none", routerctl+kafka to Kafka (Tansu); all use the outbox.
+ROUTERS = ("routerctl+none", "routerctl", "routerctl+kafka", "routerctl+redis")
 _LABELS = {
     "direct": "direct (nginx)",
     "noop": "do-nothing proxy",
+    "routerctl+none": "routerctl+none",
     "routerctl": "routerctl",
+    "routerctl+kafka": "routerctl+kafka",
     "routerctl+redis": "routerctl+redis",
 }
-# (subject, baseline) compared in each cell; the last one is what Redis limits cost.
+# (subject, baseline) compared in each cell. routerctl+redis vs routerctl is what Redis limits
+# cost; routerctl+kafka and routerctl vs routerctl+none are what publishing the outbox's
+# records to Kafka and to the file cost, against discarding them (sink "none").
 PAIRS = (
     ("routerctl", "direct"),
     ("routerctl", "noop"),
     ("routerctl+redis", "direct"),
     ("routerctl+redis", "noop"),
     ("routerctl+redis", "routerctl"),
+    ("routerctl+kafka", "routerctl+none"),
+    ("routerctl", "routerctl+none"),
 )
 _BUDGET_HEADINGS = {
     "routerctl+redis": "routerctl+redis: every feature on (auth, Redis limits, routing)",
@@ -165,7 +180,8 @@ def render(results: list[Result], comparisons: list[Comparison], checks: list[Bu
         lines.append("")
     lines += [
         "Each router row against each baseline (throughput ratio; latency added in ms);",
-        "routerctl+redis vs routerctl is what Redis limits cost:",
+        "routerctl+redis vs routerctl is what Redis limits cost; routerctl+kafka (outbox to",
+        "Kafka) and routerctl (outbox to the file) vs routerctl+none is what their sink costs:",
         f"{'case':<12} {'target':<16} {'vs':<17} {'req/s ratio':>11} {'+p50 ms':>8} {'+p99 ms':>8}",
         "-" * 77,
     ]
@@ -193,18 +209,18 @@ def _comparison_order(c: Comparison) -> tuple[str, int, int]:
 def markdown_table(results: list[Result], comparisons: list[Comparison]) -> str:
     """The same numbers as a Markdown table, for docs/benchmarks.md."""
     found = {(c.mode, c.concurrency, c.subject, c.baseline): c for c in comparisons}
-    baselines = ("direct", "noop", "routerctl")
+    baselines = ("direct", "noop", "routerctl", "routerctl+none")
     lines = [
         "| case | target | req/s | p50 ms | p99 ms | vs direct | vs do-nothing proxy "
-        "| vs routerctl |",
-        "|---|---|---:|---:|---:|---|---|---|",
+        "| vs routerctl | vs routerctl+none |",
+        "|---|---|---:|---:|---:|---|---|---|---|",
     ]
     for (mode, concurrency), cell in _cells(results).items():
         for target in TARGETS:
             r = cell.get(target)
             if r is None:
                 continue
-            vs = ["", "", ""]
+            vs = ["", "", "", ""]
             for i, name in enumerate(baselines):
                 if (target, name) in PAIRS:
                     c = found.get((mode, concurrency, target, name))

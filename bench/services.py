@@ -1,6 +1,7 @@
 """The processes a bench run starts: nginx (the upstream), the do-nothing proxy and routerctl.
 
-(valkey, the Redis of the Redis-limited routerctl row, is started by bench/limits.py.)
+(valkey, the Redis of the Redis-limited routerctl row, is started by bench/limits.py; Tansu,
+the Kafka broker of the Kafka-sink row, by bench/kafka.py.)
 
 Each is a child of the runner, bound to 127.0.0.1 on a free port, logging into the run's tmp
 dir, and registered for `stop()` (SIGTERM, wait, SIGKILL) the moment it is spawned.
@@ -76,11 +77,12 @@ def spawn(
     *,
     scheme: str = "http",
     metrics_url: str = "",
+    env: dict[str, str] | None = None,
 ) -> Service:
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, env=env
         )
     service = Service(name, f"{scheme}://127.0.0.1:{port}", process, log_path, metrics_url)
     stack.callback(service.stop)
@@ -194,9 +196,21 @@ BENCH_TPM = 1_000_000_000
 
 
 def routerctl_conf(
-    state_dir: Path, port: int, metrics_port: int, upstream: str, key: str, *, redis_url: str = ""
+    state_dir: Path,
+    port: int,
+    metrics_port: int,
+    upstream: str,
+    key: str,
+    *,
+    redis_url: str = "",
+    sink: str = "",
+    kafka_bootstrap: str = "",
 ) -> str:
     """The plain config; with `redis_url`, the same plus huge rpm/tpm limits kept in Redis.
+
+    `sink` sets `[usage] sink` ("none", "kafka" with `kafka_bootstrap`); without it the
+    router keeps the default, "file" (JSON lines in its state dir). Every sink, "none" too,
+    commits each record to the SQLite outbox first: the sink is what drains it.
 
     Two settings there keep the row measuring what it claims, every request through Redis:
     `redis_failure_mode = "closed"`, so a Redis call that fails answers 503 and fails the case
@@ -206,7 +220,10 @@ def routerctl_conf(
     nothing when Redis answers, so the measured cost is that of the default.
     """
     digest = hashlib.sha256(key.encode()).hexdigest()
-    state, limits = "", ""
+    state, limits, usage = "", "", ""
+    if sink:
+        usage = f'[usage]\nsink = "{sink}"\n'
+        usage += f'kafka_bootstrap = ["{kafka_bootstrap}"]\n\n' if kafka_bootstrap else "\n"
     if redis_url:
         state = f'redis_url = "{redis_url}"\nredis_failure_mode = "closed"\n\n'
         state += "[limits]\nredis_timeout_s = 1.0\n"
@@ -224,7 +241,7 @@ dir = "{state_dir}"
 log_level = "warning"
 access_log = false
 
-[[backends]]
+{usage}[[backends]]
 id = "nginx-json"
 url = "{upstream}/v1"
 
@@ -251,9 +268,17 @@ sha256 = "{digest}"
 
 
 def start_routerctl(
-    stack: ExitStack, tmp: Path, upstream: Service, *, name: str = "routerctl", redis_url: str = ""
+    stack: ExitStack,
+    tmp: Path,
+    upstream: Service,
+    *,
+    name: str = "routerctl",
+    redis_url: str = "",
+    sink: str = "",
+    kafka_bootstrap: str = "",
 ) -> tuple[Service, str]:
-    """Start `routerctl serve` (with Redis limits when `redis_url` is given).
+    """Start `routerctl serve` (with Redis limits when `redis_url` is given, the usage sink
+    `sink` when given).
 
     Returns it and the API key its config accepts. Each instance has its own state dir.
     """
@@ -262,7 +287,16 @@ def start_routerctl(
     conf = tmp / f"{name}.toml"
     state_dir = tmp / f"{name}-state"
     conf.write_text(
-        routerctl_conf(state_dir, port, metrics_port, upstream.base_url, key, redis_url=redis_url)
+        routerctl_conf(
+            state_dir,
+            port,
+            metrics_port,
+            upstream.base_url,
+            key,
+            redis_url=redis_url,
+            sink=sink,
+            kafka_bootstrap=kafka_bootstrap,
+        )
     )
     argv = [*routerctl_argv(), "serve", "--config", str(conf)]
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from appliance.usage.buffer_service import LiveBufferReport, ReplayResult
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "ROUTERCTL_URL"
 TOKEN_ENV = "ROUTERCTL_TOKEN"  # noqa: S105 - the variable's name, not a token
@@ -108,9 +110,10 @@ class AdminClient:
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     @classmethod
-    def from_env(cls, url: str | None = None) -> AdminClient:
+    def from_env(cls, url: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> AdminClient:
         """`url`, else $ROUTERCTL_URL, else the default; the token from $ROUTERCTL_TOKEN."""
-        return cls(url or os.environ.get(URL_ENV) or DEFAULT_URL, os.environ.get(TOKEN_ENV))
+        token = os.environ.get(TOKEN_ENV)
+        return cls(url or os.environ.get(URL_ENV) or DEFAULT_URL, token, timeout_s)
 
     def backends(self) -> list[BackendInfo]:
         return self._call("GET", "/v1/admin/backends", None, _Backends).data
@@ -162,6 +165,13 @@ class AdminClient:
         }
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         return self._call("GET", f"/v1/admin/audit?{query}", None, _Audit).data
+
+    def buffer(self) -> LiveBufferReport:
+        return self._call("GET", "/v1/admin/buffer", None, LiveBufferReport)
+
+    def buffer_replay(self, limit: int | None, dry_run: bool) -> ReplayResult:
+        body = {"limit": limit, "dry_run": dry_run}
+        return self._call("POST", "/v1/admin/buffer/replay", body, ReplayResult)
 
     def _call(self, method: str, path: str, body: object, shape: type[T]) -> T:
         if not self._token:

@@ -1,39 +1,62 @@
-"""The `routerctl` command: one typer app joining one module per command group."""
+"""The `routerctl` command: the table of command groups and the entry point.
+
+A command's module is imported only when that command runs (or help lists it), and `version`
+answers before typer is even imported, so probes and scripts start fast.
+"""
 
 from __future__ import annotations
 
-import typer
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
 
-from routerctl.commands import (
-    audit,
-    backend,
-    buffer,
-    config_cmd,
-    keys,
-    mock_backend,
-    override,
-    serve,
-    version,
-)
+if TYPE_CHECKING:
+    import typer
 
-app = typer.Typer(
-    name="routerctl",
-    help="Inference API router appliance: serve, steer and inspect it.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-app.command("serve")(serve.serve)
-app.command("mock-backend")(mock_backend.mock_backend)
-app.command("version")(version.version)
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(keys.app, name="keys")
-app.add_typer(backend.app, name="backend")
-app.add_typer(override.app, name="override")
-app.add_typer(audit.app, name="audit")
-app.add_typer(buffer.app, name="buffer")
+# name -> "module:attribute". A typer.Typer attribute becomes a command group, a function one
+# command. Help lists them in this order.
+COMMANDS: Final[Mapping[str, str]] = {
+    "serve": "routerctl.commands.serve:serve",
+    "mock-backend": "routerctl.commands.mock_backend:mock_backend",
+    "version": "routerctl.commands.version:version",
+    "config": "routerctl.commands.config_cmd:app",
+    "keys": "routerctl.commands.keys:app",
+    "backend": "routerctl.commands.backend:app",
+    "override": "routerctl.commands.override:app",
+    "audit": "routerctl.commands.audit:app",
+    "buffer": "routerctl.commands.buffer:app",
+    "doctor": "routerctl.commands.doctor:doctor",
+}
 
 
 def run() -> None:
     """Console-script entry point."""
+    argv = sys.argv[1:]
+    if argv in (["version"], ["version", "--json"]):
+        # Building the CLI (typer, pydantic) would triple this start-up; the output is the
+        # version command's, byte for byte (tests/packaging checks it).
+        print_version(as_json=len(argv) == 2)
+        return
+    from routerctl.cli import app  # noqa: PLC0415
+
     app()
+
+
+def print_version(*, as_json: bool) -> None:
+    from appliance.build import BUILD  # noqa: PLC0415
+
+    if as_json:
+        import msgspec  # noqa: PLC0415
+
+        print(msgspec.json.format(msgspec.json.encode(BUILD.as_dict()), indent=2).decode())
+    else:
+        print(BUILD.describe())
+
+
+def __getattr__(name: str) -> typer.Typer:
+    # `from routerctl.main import app` (tests, embedding) still works; it builds the typer app.
+    if name == "app":
+        from routerctl.cli import app  # noqa: PLC0415
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

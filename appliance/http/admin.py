@@ -56,7 +56,7 @@ class ClearBody(_Body):
     pass
 
 
-_B = TypeVar("_B", bound=_Body)
+_B = TypeVar("_B", bound=Struct)
 # msgspec says where a value is wrong as "... - at `$.field`", or names a missing/unknown field.
 _AT_PATH = re.compile(r" - at `\$\.?([^`\[]*)[^`]*`$")
 _NAMED_FIELD = re.compile(r"field `([^`]+)`")
@@ -178,7 +178,7 @@ async def parse_body(kind: type[_B], *, reason_from_query: bool = False) -> _B:
         raise InvalidRequest(message, param=param) from None
     except msgspec.DecodeError:
         raise InvalidJson() from None
-    if not body.reason.strip():
+    if isinstance(body, _Body) and not body.reason.strip():
         raise InvalidRequest(
             "A non-empty 'reason' is required: say why, it goes to the audit log.", param="reason"
         )

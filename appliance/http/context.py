@@ -35,6 +35,8 @@ class RequestContext:
     recorded: bool = False
     started_at: float = 0.0  # unix seconds
     first_byte_at: float | None = None
+    first_byte_perf: float | None = None  # perf_counter() of the same moment, for durations
+    upstream_s: float = 0.0  # time spent waiting on backends (streams: to the first chunk)
     response_bytes: int = 0
     event_stream: bool = False
     content_length: int | None = None
@@ -44,6 +46,9 @@ class RequestContext:
     client_disconnected: bool = False
     # Run once the response is over, however it ended (a stream never read included).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def add_upstream_time(self, seconds: float) -> None:
+        self.upstream_s += seconds
 
 
 def request_context(scope: Mapping[str, object]) -> RequestContext:

@@ -74,6 +74,7 @@ class EdgeMiddleware:
         context.started_at = time.time()
         scope[CONTEXT_KEY] = context
         rid_header = (b"x-request-id", request_id.encode("ascii"))
+        self._metrics.request_started()  # ended by _finish, which every path reaches
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -108,6 +109,7 @@ class EdgeMiddleware:
         body: bytes = message.get("body", b"")
         if body and context.first_byte_at is None:
             context.first_byte_at = time.time()
+            context.first_byte_perf = time.perf_counter()
         context.response_bytes += len(body)
         if not context.record_usage or context.recorded:
             return
@@ -130,15 +132,18 @@ class EdgeMiddleware:
             await self._usage_hook(context)
 
     async def _close(self, context: RequestContext, started: float) -> None:
-        for cleanup in context.cleanups:
-            cleanup()
-        if context.record_usage and not context.recorded:
-            # The client left before the end: the record says what it got.
-            context.client_disconnected = True
-            await self._record(context)
-        if context.duration_s == 0.0:
-            # The response never completed (client gone, task cancelled): still count it.
-            self._finish(context, started, default_outcome="client_disconnected")
+        try:
+            for cleanup in context.cleanups:
+                cleanup()
+            if context.record_usage and not context.recorded:
+                # The client left before the end: the record says what it got.
+                context.client_disconnected = True
+                await self._record(context)
+        finally:
+            if context.duration_s == 0.0:
+                # The response never completed (client gone, task cancelled): still count it,
+                # and end its in-flight count even when writing the record failed.
+                self._finish(context, started, default_outcome="client_disconnected")
 
     def _finish(self, context: RequestContext, started: float, default_outcome: str = "") -> None:
         context.duration_s = time.perf_counter() - started or 1e-9
@@ -147,6 +152,8 @@ class EdgeMiddleware:
         self._metrics.observe_request(
             context.path, context.method, context.status or 499, context.duration_s
         )
+        if context.attempts and context.model is not None:
+            _observe_forwarded(self._metrics, context, context.model, started)
         self._access_log(context)
 
     async def _read_body(self, declared: int | None, receive: Receive) -> bytes | None:
@@ -175,6 +182,22 @@ class EdgeMiddleware:
                 f"The request body did not arrive within {self._limits.body_read_timeout_s:g} s."
             ) from None
         return b"".join(parts)
+
+
+def _observe_forwarded(
+    metrics: Metrics, context: RequestContext, model: str, started: float
+) -> None:
+    """Router overhead and time to first token of a request a backend served.
+
+    `model` was routed, so it is a configured one: a bounded label. A stream's overhead is
+    counted up to its first byte; after that the router only passes chunks along while the
+    backend generates, and timing each chunk would cost more than it tells.
+    """
+    if not context.event_stream:
+        metrics.observe_forwarded(model, context.duration_s - context.upstream_s, None)
+    elif context.first_byte_perf is not None:
+        first = context.first_byte_perf - started
+        metrics.observe_forwarded(model, first - context.upstream_s, first)
 
 
 def _on_start(context: RequestContext, message: Message) -> None:

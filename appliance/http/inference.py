@@ -56,6 +56,7 @@ def inference_blueprint(
             on_done=_usage_recorder(context, limiter, permit, route.prices),
             on_progress=_progress_recorder(context),
             defer=context.cleanups.append,
+            on_upstream_time=context.add_upstream_time,
         )
         try:
             relayed = await forwarder.forward(parsed, route, context.request_id, hooks)

@@ -111,6 +111,17 @@ class Control:
             for s in self._registry.backends.values()
         ]
 
+    def unroutable_models(self) -> list[str]:
+        """Models with no backend that is healthy (or not yet probed) and not drained."""
+        active = self._book.active()
+        now = self._monotonic()
+        backends = self._registry.backends
+        return [
+            model
+            for model, ids in self._registry.model_backends.items()
+            if not any(backends[b].routable(now) and active.factor(b) > 0 for b in ids)
+        ]
+
     async def degrade(
         self, backend_id: str, factor: float, reason: str, actor: str, ttl_s: float | None
     ) -> Override:

@@ -27,20 +27,32 @@ class HealthMonitor:
         self._probe = probe
         self._policy = policy
         self._monotonic = monotonic
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
 
     def start(self) -> None:
-        for backend_id in self._registry.backends:
-            self._tasks.append(asyncio.create_task(self._loop(backend_id)))
+        self._started = True
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """One probe loop per configured backend: start new ones, stop removed ones."""
+        if not self._started:
+            return
+        for backend_id in self._registry.backends.keys() - self._tasks.keys():
+            self._tasks[backend_id] = asyncio.create_task(self._loop(backend_id))
+        for backend_id in self._tasks.keys() - self._registry.backends.keys():
+            self._tasks.pop(backend_id).cancel()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._started = False
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     async def check_once(self, backend_id: str) -> None:
-        ok = await self._probe(backend_id, self._policy.health_timeout_s)
+        ok = await self._probe(backend_id, self._registry.policy.health_timeout_s)
         if self._registry.record_probe(backend_id, ok, self._monotonic()):
             state = self._registry.get(backend_id)
             _log.warning(
@@ -50,7 +62,7 @@ class HealthMonitor:
             )
 
     async def _loop(self, backend_id: str) -> None:
-        interval = self._policy.health_interval_s
+        interval = self._registry.policy.health_interval_s
         # Spread first probes so N backends are not checked in the same instant.
         await asyncio.sleep(random.uniform(0, min(interval, 1.0)))
         while True:

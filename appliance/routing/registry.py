@@ -74,40 +74,57 @@ class Registry:
     policy: RoutingSettings
     backends: dict[str, BackendState] = field(default_factory=dict)
     model_backends: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Backends a config change removed: requests that picked one before the change still
+    # finish against its state; a later config that brings the id back gets it back.
+    retired: dict[str, BackendState] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
+        registry = cls(policy=settings.routing)
+        registry.reconcile(settings)
+        return registry
+
+    def reconcile(self, settings: Settings) -> None:
+        """Follow a new config: new backends start fresh; kept ones keep their health,
+        latency, load and ejections; removed ones retire. Runs between two awaits, so no
+        request sees it half done."""
         models: dict[str, list[str]] = {}
         for model in settings.models:
             for route in model.backends:
                 models.setdefault(route.backend, []).append(model.name)
-        registry = cls(policy=settings.routing)
+        backends: dict[str, BackendState] = {}
         for b in settings.backends:
-            registry.backends[b.id] = BackendState(
-                id=b.id,
-                weight=b.weight,
-                max_concurrency=b.max_concurrency,
-                models=tuple(models.get(b.id, ())),
-            )
-        registry.model_backends = {
+            state = self.backends.get(b.id) or self.retired.pop(b.id, None)
+            if state is None:
+                state = BackendState(
+                    id=b.id, weight=b.weight, max_concurrency=b.max_concurrency, models=()
+                )
+            state.weight, state.max_concurrency = b.weight, b.max_concurrency
+            state.models = tuple(dict.fromkeys(models.get(b.id, ())))
+            backends[b.id] = state
+        for gone in self.backends.keys() - backends.keys():
+            self.retired[gone] = self.backends[gone]
+        self.policy = settings.routing
+        self.backends = backends
+        self.model_backends = {
             m.name: tuple(dict.fromkeys(r.backend for r in m.backends)) for m in settings.models
         }
-        return registry
 
     def get(self, backend_id: str) -> BackendState:
-        return self.backends[backend_id]
+        state = self.backends.get(backend_id)
+        return state if state is not None else self.retired[backend_id]
 
     def begin(self, backend_id: str) -> None:
-        self.backends[backend_id].inflight += 1
+        self.get(backend_id).inflight += 1
 
     def abandon(self, backend_id: str) -> None:
         """An attempt the client gave up on: frees its slot, says nothing about health."""
-        state = self.backends[backend_id]
+        state = self.get(backend_id)
         state.inflight = max(0, state.inflight - 1)
 
     def end(self, backend_id: str, ok: bool, latency_s: float, now: float) -> Ejection | None:
         """An attempt finished; update latency and passive health. Returns a new ejection."""
-        state = self.backends[backend_id]
+        state = self.get(backend_id)
         state.inflight = max(0, state.inflight - 1)
         if ok:
             state.consecutive_failures = 0
@@ -124,7 +141,7 @@ class Registry:
 
     def record_probe(self, backend_id: str, ok: bool, now: float) -> bool:
         """An active probe result; returns True when the backend's routability changed."""
-        state = self.backends[backend_id]
+        state = self.get(backend_id)
         before = state.routable(now)
         if ok:
             was_failing = state.probe_streak < 0
@@ -149,7 +166,7 @@ class Registry:
 
     def _may_eject(self, state: BackendState, now: float) -> bool:
         for model in state.models:
-            members = self.model_backends[model]
+            members = self.model_backends.get(model, ())
             ejected = sum(1 for b in members if self.backends[b].ejected(now))
             # At least one may always go; beyond that, stay within the percentage.
             if ejected and (ejected + 1) * 100 > self.policy.max_ejection_percent * len(members):
@@ -174,7 +191,7 @@ class Registry:
         return Ejection(state.id, state.ejected_until, state.ejections)
 
     def states(self, ids: Iterable[str]) -> list[BackendState]:
-        return [self.backends[i] for i in ids]
+        return [self.get(i) for i in ids]
 
 
 def _observe(state: BackendState, seconds: float) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from appliance.settings import Settings
 
 _DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
@@ -67,3 +73,21 @@ class LimitMetrics:
 
     def decision(self, seconds: float) -> None:
         self._latency.observe(seconds)
+
+
+class BudgetLimits(Collector):
+    """`router_budget_limit_usd{org}` read from the live settings at scrape, so a reload shows."""
+
+    def __init__(self, settings: Callable[[], Settings]) -> None:
+        self._settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "router_budget_limit_usd",
+            "The org's configured monthly budget (orgs with a budget only).",
+            labels=["org"],
+        )
+        for org in self._settings().orgs:
+            if org.monthly_budget_usd > 0:
+                family.add_metric([org.id], org.monthly_budget_usd)
+        yield family

@@ -36,7 +36,7 @@ class RoutingMetrics:
         )
         self._latency = Histogram(
             "router_backend_latency_seconds",
-            "Backend latency per attempt: whole answer for JSON, time to headers for streams.",
+            "Backend latency per attempt: the whole answer for JSON, the whole stream for streams.",
             ["backend_id"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,

@@ -95,6 +95,13 @@ class BackendClient:
         self._endpoints = {b.id: _endpoint(b, credentials[b.id]) for b in backends}
         self._session: aiohttp.ClientSession | None = None
 
+    def update(
+        self, backends: tuple[Backend, ...], credentials: Mapping[str, BackendCredentials]
+    ) -> None:
+        """Follow a config change. Endpoints of removed backends stay: a request that picked
+        one before the change still reaches it (a later config may bring the id back)."""
+        self._endpoints.update({b.id: _endpoint(b, credentials[b.id]) for b in backends})
+
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(
             limit=_POOL_LIMIT,

@@ -127,21 +127,21 @@ class Forwarder:
                 relayed = relay_stream(
                     upstream,
                     ledger.settle_with(hooks.on_done),
-                    hooks.on_progress,
+                    ledger.time_first_chunk(hooks),
                     strip_usage_chunk=not request.include_usage,
                 )
                 return relayed, None
             answer = await upstream.read()
         except RouterError as exc:
-            ledger.settle(ok=False)
+            hooks.on_upstream_time(ledger.settle(ok=False))
             return None, exc
         except BaseException:
             ledger.abandon(None)  # cancelled: the client left; not the backend's fault
             raise
         if upstream.status >= 500:
-            ledger.settle(ok=False)
+            hooks.on_upstream_time(ledger.settle(ok=False))
             return None, UpstreamError(f"The backend answered HTTP {upstream.status}.")
-        ledger.settle(ok=True)
+        hooks.on_upstream_time(ledger.settle(ok=True))
         return relay_whole(upstream, answer, hooks.on_done), None
 
 
@@ -153,6 +153,9 @@ class RequestHooks:
     on_done: UsageCallback
     on_progress: ProgressCallback
     defer: Callable[[Callable[[], None]], None]  # run at the request's very end
+    # Seconds spent waiting on a backend, once per attempt (streams: until the first chunk),
+    # so the router's own share of the request time can be told apart.
+    on_upstream_time: Callable[[float], None]
 
 
 class _Ledger:
@@ -166,9 +169,10 @@ class _Ledger:
         self._done = False
         routing.registry.begin(backend)
 
-    def settle(self, ok: bool) -> None:
+    def settle(self, ok: bool) -> float:
+        """Account the attempt; returns its latency (0 when it was already accounted)."""
         if self._done:
-            return
+            return 0.0
         self._done = True
         r = self._r
         now = r.monotonic()
@@ -176,6 +180,7 @@ class _Ledger:
         if r.registry.end(self._backend, ok, latency, now) is not None:
             r.observer.ejected(self._backend)
         r.observer.attempt(self._backend, self._kind, ok, latency)
+        return latency
 
     def abandon(self, upstream: UpstreamResponse | None) -> None:
         if upstream is not None:
@@ -183,6 +188,21 @@ class _Ledger:
         if not self._done:
             self._done = True
             self._r.registry.abandon(self._backend)
+
+    def time_first_chunk(self, hooks: RequestHooks) -> ProgressCallback:
+        """`hooks.on_progress`, noting the wait for the stream's first chunk on its first call."""
+        on_progress, note = hooks.on_progress, hooks.on_upstream_time
+        monotonic, started = self._r.monotonic, self._started
+        waiting = True
+
+        def progress(usage: Usage | None, events: int) -> None:
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                note(monotonic() - started)
+            on_progress(usage, events)
+
+        return progress
 
     def settle_with(self, on_done: UsageCallback) -> UsageCallback:
         def done(usage: Usage | None, outcome: str) -> None:

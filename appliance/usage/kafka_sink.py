@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from appliance.telemetry.logging import get_logger
@@ -94,6 +95,25 @@ class KafkaSink:
             raise SinkError(
                 f"kafka publish of {len(items)} records to {self._servers()} {what}"
             ) from None
+
+    async def ping(self) -> None:
+        """Fetch cluster metadata on a fresh connection; raises SinkError when unreachable.
+
+        A fresh client: the producer may be gone (dropped after a failure) or idle, and its
+        cached metadata says nothing about whether the broker answers now.
+        """
+        client = AIOKafkaClient(
+            bootstrap_servers=self._bootstrap,
+            client_id=f"{self._client_id}-probe",
+            request_timeout_ms=int(self._timeout_s * 1000),
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await client.bootstrap()
+        except (KafkaError, TimeoutError) as exc:
+            raise SinkError(f"kafka unreachable at {self._servers()}: {_kind(exc)}") from None
+        finally:
+            await client.close()
 
     async def close(self) -> None:
         """Deliver what is still buffered (within timeout_s), then close the connections."""

@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, get_args
 
 from appliance.telemetry.logging import get_logger
@@ -58,6 +59,15 @@ class _Failed(Exception):
         self.sink, self.kind, self.cause = sink, kind, cause
 
 
+@dataclass(slots=True)
+class PublisherState:
+    """How publishing goes, for the admin API: failures in a row and the last error."""
+
+    consecutive_failures: int = 0
+    last_error: str | None = None  # sink messages name servers and paths, never secrets
+    last_success_at: float | None = None
+
+
 class Publisher:
     """One background task that moves batches from the outbox to their sinks.
 
@@ -97,6 +107,9 @@ class Publisher:
         self._opened: set[int] = set()  # id() of sinks opened
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._retry = asyncio.Event()  # set by replay_now(): end a backoff sleep early
+        self._lock = asyncio.Lock()  # one batch at a time: the loop's, or replay_now's
+        self.state = PublisherState()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -128,10 +141,34 @@ class Publisher:
                 await sink.close()
         self._opened.clear()
 
-    async def publish_once(self) -> int:
+    async def replay_now(self, limit: int | None = None) -> int:
+        """Publish now, without waiting for a backoff, until the outbox is empty or `limit`
+        records went; how many. Raises SinkError (saying how far it got) when a sink fails."""
+        done = 0
+        while limit is None or done < limit:
+            want = self._batch_max if limit is None else min(self._batch_max, limit - done)
+            try:
+                moved = await self.publish_once(want)
+            except _Failed as exc:
+                self._report_failure(exc)
+                raise SinkError(f"{exc.sink} {exc.kind} failed: {exc.cause}") from None
+            self._succeeded()
+            done += moved
+            if moved < want:
+                break
+        self._backoff.reset()
+        self._retry.set()  # the loop may be in a backoff sleep: the sink works again
+        await self._report_buffer()
+        return done
+
+    async def publish_once(self, max_records: int | None = None) -> int:
         """Publish one batch (up to batch_max records); how many were acknowledged."""
+        async with self._lock:
+            return await self._publish_batch(min(max_records or self._batch_max, self._batch_max))
+
+    async def _publish_batch(self, size: int) -> int:
         try:
-            batch = await self._outbox.peek(self._batch_max)
+            batch = await self._outbox.peek(size)
         except Exception as exc:
             raise _Failed("outbox", "outbox", exc) from exc
         acknowledged = 0
@@ -161,9 +198,10 @@ class Publisher:
                 await self._report_buffer()  # the buffer grows during an outage: show it
                 if self._stopping.is_set():
                     return  # the sink is down: what is left stays in the outbox
-                await self._wait(self._stopping, self._backoff.next_delay())
+                await self._wait_either(self._backoff.next_delay())
                 continue
             self._backoff.reset()
+            self._succeeded()
             await self._report_buffer()
             if moved < self._batch_max:
                 if self._stopping.is_set():
@@ -182,14 +220,32 @@ class Publisher:
             raise _Failed(sink.name, "open", exc) from exc
         self._opened.add(id(sink))
 
+    def _succeeded(self) -> None:
+        self.state.consecutive_failures = 0
+        self.state.last_success_at = self._clock()
+
+    async def _wait_either(self, timeout_s: float) -> None:
+        """A backoff sleep that a stop, or a replay_now() that got through, cuts short."""
+        # Not _wake: new records arriving during an outage must not shorten the backoff.
+        self._retry.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._stopping, self._retry)]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
     def _report_failure(self, exc: Exception) -> None:
+        self.state.consecutive_failures += 1
         if isinstance(exc, _Failed):
             sink, kind, cause = exc.sink, exc.kind, exc.cause
+            self.state.last_error = f"{sink} {kind}: {str(cause) or _name(cause)}"
             _log.warning(
                 "usage_publish_failed", sink=sink, kind=kind, error=str(cause) or _name(cause)
             )
         else:
             sink, kind = "publisher", "unexpected"
+            self.state.last_error = f"publisher: {_name(exc)}"
             _log.error("usage_publisher_error", error=_name(exc), exc_info=exc)
         if self._observer is not None:
             self._observer.failed(sink, kind)

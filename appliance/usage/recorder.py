@@ -43,10 +43,14 @@ class UsageRecorder:
         self.buffered_bytes = 0  # kept current by the publisher's buffer reports
         self._reserved = 0  # admitted requests whose records are not written yet
 
+    def refusing(self) -> bool:
+        """Whether the next request would be refused for a full buffer (reject mode only)."""
+        needed = self.buffered_bytes + (self._reserved + 1) * _RECORD_RESERVE_BYTES
+        return self._reject and needed > self._max_bytes
+
     def admit(self) -> bool:
         """Reserve room for one more request's record; False when it must be refused."""
-        needed = self.buffered_bytes + (self._reserved + 1) * _RECORD_RESERVE_BYTES
-        if self._reject and needed > self._max_bytes:
+        if self.refusing():
             return False
         self._reserved += 1
         return True

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from appliance.sqlite_support import SqliteStore, SqliteWorker, StoreError
+from appliance.usage.buffer_report import TOPIC_ROWS_SQL, TopicRow
 from appliance.usage.ports import OutboxFull, OutboxItem, OutboxStats, Topic
 
 OnFull = Literal["reject", "drop_oldest"]
@@ -173,6 +174,10 @@ class SqliteOutbox(SqliteStore):
     async def stats(self) -> OutboxStats:
         return await self._worker.run("stats", _stats)
 
+    async def topic_rows(self) -> list[TopicRow]:
+        """Per topic: records, payload bytes and the oldest record's time (buffer_report)."""
+        return await self._worker.run("topic_rows", _topic_rows)
+
     async def lookup(self, request_id: str, org: str) -> bytes | None:
         """An org's usage record by record id or request id (newest if several), else None.
 
@@ -313,6 +318,10 @@ def _stats(conn: sqlite3.Connection) -> OutboxStats:
     records, size = _size(conn)
     oldest = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
     return OutboxStats(records, size, None if oldest is None else oldest[0])
+
+
+def _topic_rows(conn: sqlite3.Connection) -> list[TopicRow]:
+    return [(str(t), int(n), int(b), o) for t, n, b, o in conn.execute(TOPIC_ROWS_SQL)]
 
 
 def _prune_chunk(conn: sqlite3.Connection, *, cutoff: float) -> int:

@@ -1,7 +1,8 @@
 """`routerctl buffer inspect / replay`: the usage outbox in a state dir, looked into and drained.
 
 Both work on the files, so they work on a stopped router (inspect also on a running one).
-Replay needs the state dir alone: it refuses while a router holds it.
+Replay needs the state dir alone: it refuses while a router holds it. With `--via-admin`
+both ask a running router instead, through its admin API.
 """
 
 from __future__ import annotations
@@ -26,17 +27,34 @@ from appliance.settings import Settings, TelemetrySettings
 from appliance.settings_loader import ConfigError, parse_settings
 from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import configure_logging
+from appliance.usage.buffer_report import (
+    TOPIC_ROWS_SQL,
+    BufferReport,
+    TopicRow,
+    build_report,
+    sinks_by_topic,
+)
+from appliance.usage.buffer_service import LiveBufferReport
 from appliance.usage.file_sink import FileSink, StdoutSink
 from appliance.usage.kafka_sink import KafkaSink
 from appliance.usage.ports import SinkError, UsageSink
 from appliance.usage.publisher import replay as replay_outbox
 from appliance.usage.sqlite_outbox import SqliteOutbox
 from appliance.usage.state_lock import StateDirBusy, try_exclusive
-from routerctl.commands.admin_view import JsonOption, format_duration, print_table
+from routerctl.admin_client import AdminClient
+from routerctl.commands.admin_view import (
+    JsonOption,
+    UrlOption,
+    admin_errors,
+    format_duration,
+    print_table,
+)
 from routerctl.commands.output import fail, fail_lines, print_json
 
 OUTBOX_FILE = "outbox.sqlite"  # as appliance/app.py names it in the state dir
 _MB = 1024 * 1024
+# A replay through the router publishes until the outbox is empty: allow for a big backlog.
+_ADMIN_REPLAY_TIMEOUT_S = 300.0
 
 app = typer.Typer(
     help="Look into the usage outbox of a state dir and drain it (works on a stopped router).",
@@ -63,37 +81,45 @@ class Target(StrEnum):
     stdout = "stdout"
 
 
-class TopicReport(msgspec.Struct, frozen=True):
-    records: int
-    bytes: int
-    oldest_created_at: float | None
-
-
-class BufferReport(msgspec.Struct, frozen=True):
-    path: str
-    records: int
-    bytes: int
-    oldest_created_at: float | None
-    oldest_age_s: float | None
-    topics: dict[str, TopicReport]
+ViaAdminOption = Annotated[
+    bool,
+    typer.Option(
+        "--via-admin",
+        help="Ask the running router (admin API, $ROUTERCTL_TOKEN) instead of reading files.",
+    ),
+]
 
 
 @app.command("inspect")
 def inspect(
-    state_dir: StateDirOption = None, config: ConfigOption = None, as_json: JsonOption = False
+    state_dir: StateDirOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    via_admin: ViaAdminOption = False,
+    url: UrlOption = None,
 ) -> None:
-    """Records, bytes and the oldest record's age in the outbox, per topic."""
-    settings = _settings(config)
-    path = _outbox_path(_state_dir(state_dir, settings))
-    try:
-        report = read_report(path, time.time())
-    except sqlite3.Error as exc:
-        fail(f"{path}: cannot read the usage outbox: {exc}")
-    if as_json:
-        print_json(msgspec.to_builtins(report))
+    """Records, bytes and the oldest record's age in the outbox, per topic and per sink."""
+    if via_admin:
+        with admin_errors():
+            live = AdminClient.from_env(url).buffer()
+        if as_json:
+            print_json(msgspec.to_builtins(live))
+            return
+        report: BufferReport = live
     else:
-        typer.echo(f"usage outbox {report.path}")
-        print_table(_report_table(report))
+        settings = _settings(config)
+        path = _outbox_path(_state_dir(state_dir, settings))
+        try:
+            report = read_report(path, time.time(), settings.usage.sink)
+        except sqlite3.Error as exc:
+            fail(f"{path}: cannot read the usage outbox: {exc}")
+        if as_json:
+            print_json(msgspec.to_builtins(report))
+            return
+    typer.echo(f"usage outbox {report.path}")
+    print_table(_report_table(report))
+    if via_admin:
+        _print_publishing(live)
 
 
 @app.command("replay")
@@ -120,11 +146,22 @@ def replay(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Replay at most N (oldest) records.")
     ] = None,
+    via_admin: ViaAdminOption = False,
+    url: UrlOption = None,
 ) -> None:
     """Publish the outbox's records, oldest first, deleting each batch once acknowledged.
 
     Resumable: after an interruption or a sink failure, run it again.
     """
+    if via_admin:
+        if to is not None or bootstrap or topic is not None or file is not None:
+            fail(
+                "--via-admin publishes to the running router's own sink: "
+                "drop --to, --bootstrap, --topic and --file",
+                code=2,
+            )
+        _replay_via_admin(url, limit=limit, dry_run=dry_run)
+        return
     _quiet_logs()
     settings = _settings(config)
     directory = _state_dir(state_dir, settings)
@@ -135,7 +172,7 @@ def replay(
         with try_exclusive(directory):
             done, total = _run_replay(path, settings, sink, dry_run=dry_run, limit=limit)
     except StateDirBusy as exc:
-        fail(f"{exc} (replay through a running router, --via-admin, is not available yet)")
+        fail(f"{exc}; to publish through it, add --via-admin")
     err = target is Target.stdout  # keep stdout for the records themselves
     if dry_run:
         typer.echo(f"dry run: {done} records would be replayed to {target}", err=err)
@@ -143,30 +180,17 @@ def replay(
         typer.echo(f"replayed {done} of {total} records to {target}", err=err)
 
 
-def read_report(path: Path, now: float) -> BufferReport:
+def read_report(path: Path, now: float, sink: str) -> BufferReport:
     """Counts from the outbox file, opened read-only (a live router may be writing it)."""
     with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-        rows = conn.execute(
-            "SELECT topic, count(*), coalesce(sum(length(payload)), 0), min(created_at)"
-            " FROM outbox GROUP BY topic ORDER BY topic DESC"
-        ).fetchall()
-    topics = {str(t): TopicReport(int(n), int(size), oldest) for t, n, size, oldest in rows}
-    oldest = min(
-        (t.oldest_created_at for t in topics.values() if t.oldest_created_at), default=None
-    )
-    return BufferReport(
-        path=str(path),
-        records=sum(t.records for t in topics.values()),
-        bytes=sum(t.bytes for t in topics.values()),
-        oldest_created_at=oldest,
-        oldest_age_s=None if oldest is None else max(0.0, now - oldest),
-        topics=topics,
-    )
+        rows: list[TopicRow] = conn.execute(TOPIC_ROWS_SQL).fetchall()
+    return build_report(str(path), rows, now, sinks_by_topic(sink))
 
 
 def _report_table(report: BufferReport) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("TOPIC", no_wrap=True)
+    table.add_column("SINK", no_wrap=True)
     for name in ("RECORDS", "BYTES", "OLDEST"):
         table.add_column(name, justify="right", no_wrap=True)
     now = time.time()
@@ -175,11 +199,40 @@ def _report_table(report: BufferReport) -> Table:
         return "-" if created_at is None else format_duration(now - created_at)
 
     for name, topic in report.topics.items():
-        table.add_row(name, str(topic.records), str(topic.bytes), age(topic.oldest_created_at))
-    table.add_row(
-        "total", str(report.records), str(report.bytes), age(report.oldest_created_at), style="bold"
-    )
+        row = (name, topic.sink, str(topic.records), str(topic.bytes))
+        table.add_row(*row, age(topic.oldest_created_at))
+    total = ("total", "", str(report.records), str(report.bytes))
+    table.add_row(*total, age(report.oldest_created_at), style="bold")
     return table
+
+
+def _print_publishing(live: LiveBufferReport) -> None:
+    state = live.publishing
+    if state.consecutive_failures:
+        typer.echo(
+            f"publishing: failing ({state.consecutive_failures} in a row): {state.last_error}"
+        )
+    elif state.last_success_at is not None:
+        typer.echo(
+            f"publishing: ok, last batch {format_duration(time.time() - state.last_success_at)} ago"
+        )
+    else:
+        typer.echo("publishing: nothing published yet")
+
+
+def _replay_via_admin(url: str | None, *, limit: int | None, dry_run: bool) -> None:
+    """The running router publishes now with its own publisher; one request, one answer."""
+    with admin_errors():
+        result = AdminClient.from_env(url, timeout_s=_ADMIN_REPLAY_TIMEOUT_S).buffer_replay(
+            limit, dry_run
+        )
+    if dry_run:
+        typer.echo(f"dry run: {result.published} records would be replayed to {result.sink}")
+    else:
+        typer.echo(
+            f"replayed {result.published} records to {result.sink} through the router;"
+            f" {result.remaining} still buffered"
+        )
 
 
 def _run_replay(

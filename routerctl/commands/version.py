@@ -14,10 +14,7 @@ def version(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print version, commit and build time."""
-    info = {"version": BUILD.version, "commit": BUILD.commit, "build_time": BUILD.build_time}
     if as_json:
-        print_json(info)
+        print_json(BUILD.as_dict())
     else:
-        typer.echo(
-            f"routerctl {BUILD.version} (commit {BUILD.commit}, built {BUILD.build_time or '-'})"
-        )
+        typer.echo(BUILD.describe())

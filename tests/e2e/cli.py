@@ -1,4 +1,8 @@
-"""Run the installed `routerctl` as a subprocess, as an operator would, and always reap it."""
+"""Run the installed `routerctl` as a subprocess, as an operator would, and always reap it.
+
+Each helper takes `command`, the argv prefix to run (default: the installed CLI), so the same
+helpers drive the PyInstaller binary in test_binary.py.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ def routerctl_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "routerctl"]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, command: Sequence[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*routerctl_command(), *args],
+        [*(command or routerctl_command()), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -51,14 +57,17 @@ class RouterProcess:
 
 @contextmanager
 def router_process(
-    args: Sequence[str], tmp: Path, env: dict[str, str] | None = None
+    args: Sequence[str],
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    command: Sequence[str] | None = None,
 ) -> Iterator[RouterProcess]:
     """Start `routerctl serve ARGS --listen <free port>`, wait for healthz, reap on exit."""
     port = free_port()
     log = tmp / f"router-{port}.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [*routerctl_command(), "serve", *args, "--listen", f"127.0.0.1:{port}"],
+            [*(command or routerctl_command()), "serve", *args, "--listen", f"127.0.0.1:{port}"],
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
@@ -90,13 +99,13 @@ def _wait_healthy(router: RouterProcess, timeout: float = 20) -> None:
 
 
 @contextmanager
-def mock_backend_process(tmp: Path) -> Iterator[str]:
+def mock_backend_process(tmp: Path, command: Sequence[str] | None = None) -> Iterator[str]:
     """`routerctl mock-backend` as its own process; yields its base URL (with /v1)."""
     port = free_port()
     log = tmp / f"mock-{port}.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [*routerctl_command(), "mock-backend", "--port", str(port)],
+            [*(command or routerctl_command()), "mock-backend", "--port", str(port)],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

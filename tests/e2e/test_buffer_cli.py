@@ -82,9 +82,9 @@ def test_inspect_table(state_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     first, header, *rows = result.stdout.splitlines()
     assert first == f"usage outbox {state_dir / 'outbox.sqlite'}"
-    assert header.split() == ["TOPIC", "RECORDS", "BYTES", "OLDEST"]
-    assert [row.split()[:2] for row in rows] == [["usage", "8"], ["audit", "2"], ["total", "10"]]
-    assert rows[2].split()[2] == str(size)
+    assert header.split() == ["TOPIC", "SINK", "RECORDS", "BYTES", "OLDEST"]
+    assert [row.split()[:3] for row in rows[:2]] == [["usage", "file", "8"], ["audit", "none", "2"]]
+    assert rows[2].split()[:3] == ["total", "10", str(size)]
 
 
 def test_inspect_json(state_dir: Path) -> None:

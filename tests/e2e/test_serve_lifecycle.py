@@ -120,7 +120,7 @@ def test_config_validate_reports_each_problem(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"{bad}:2: server.lisen: unknown key (known keys: body_read_timeout_s, graceful_shutdown_s,"
         " keep_alive_max_requests, keep_alive_timeout_s, listen, max_body_bytes, max_header_bytes,"
-        " metrics_listen, workers)",
+        " metrics_listen, shutdown_delay_s, workers)",
         f"{bad}:3: server.workers: Expected `int` >= 1",
         f"{bad}:5: backends[0].url: required key is missing",
     ]
@@ -189,3 +189,25 @@ def test_unusable_state_dir_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("routerctl: error: cannot start: ")
+
+
+async def test_sigterm_turns_readiness_503_before_the_listener_closes(
+    mock_url: str, tmp_path: Path
+) -> None:
+    """With shutdown_delay_s, readyz answers 503 `shutting_down` after SIGTERM, then the
+    listener closes and the router exits 0."""
+    _key, block = minted_key("acme")
+    config = write_config(tmp_path, mock_url, block, graceful_s=5)
+    text = config.read_text().replace("[server]\n", "[server]\nshutdown_delay_s = 1.5\n", 1)
+    config.write_text(text)
+    with router_process(["--config", str(config)], tmp_path) as router:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{router.url}/v1/status/readyz") as before:
+                assert before.status == 200
+            router.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            async with session.get(f"{router.url}/v1/status/readyz") as during:
+                body = await during.json()
+            assert during.status == 503
+            assert (body["status"], body["shutting_down"]) == ("degraded", True)
+        assert await asyncio.to_thread(router.process.wait, 10) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -14,7 +14,7 @@ from hypercorn.asyncio import serve
 from appliance.app import AppState, build_app
 from appliance.auth.keyring import hash_key
 from appliance.mock.server import MockBackend
-from appliance.server import hypercorn_config
+from appliance.server import MetricsListener, hypercorn_config
 from appliance.settings_loader import load_text
 from tests.services import free_port
 
@@ -120,6 +120,7 @@ class RouterUnderTest:
     state: AppState
     session: aiohttp.ClientSession
     auth: dict[str, str] = field(default_factory=lambda: {"Authorization": f"Bearer {KEY}"})
+    metrics_url: str = ""  # http://host:port/metrics when started with metrics_listener=True
 
     async def post(
         self, path: str, payload: object, headers: Mapping[str, str] | None = None
@@ -139,12 +140,14 @@ async def running_router(
     extra: str = "",
     state_dir: str | None = None,
     state_extra: str = "",
+    metrics_listener: bool = False,
 ) -> AsyncIterator[RouterUnderTest]:
     """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
     mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     own_state = tempfile.TemporaryDirectory(prefix="routerctl-test-")
+    listeners = AsyncExitStack()
     try:
         for mock in mocks.values():
             await mock.start("127.0.0.1", 0)
@@ -163,11 +166,17 @@ async def running_router(
         config = hypercorn_config(loaded.settings.server)
         task = asyncio.create_task(serve(built.asgi, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
         url = f"http://127.0.0.1:{port}"
+        metrics_url = ""
+        if metrics_listener:
+            listen = f"127.0.0.1:{free_port()}"
+            await listeners.enter_async_context(MetricsListener(listen, built.state.metrics))
+            metrics_url = f"http://{listen}/metrics"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
             await _wait_ready(session, url, task)
-            yield RouterUnderTest(url, port, mocks, built.state, session)
+            yield RouterUnderTest(url, port, mocks, built.state, session, metrics_url=metrics_url)
     finally:
         stop.set()
+        await listeners.aclose()
         if task is not None:
             await asyncio.wait_for(task, 10)
         for mock in mocks.values():

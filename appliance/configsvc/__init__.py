@@ -1,0 +1,1 @@
+"""The config service: routing policy, keys and overrides from etcd (issue #6)."""
