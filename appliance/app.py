@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from appliance.configsvc.live import LiveConfig
 from appliance.configsvc.service import ConfigService
 from appliance.http.admin import admin_blueprint
 from appliance.http.buffer_admin import buffer_blueprint
+from appliance.http.config_admin import config_blueprint
 from appliance.http.context import RequestContext
 from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
@@ -168,38 +170,23 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
             state.usage.recorder.admit,
         )
     )
-    admin_tokens = AdminTokens(settings.admin.tokens)
-    app.register_blueprint(admin_blueprint(state.control, admin_tokens))
-    buffer = BufferService(
-        usage.outbox,
-        usage.publisher,
-        path=str(state_dir / "outbox.sqlite"),
-        sink=settings.usage.sink,
-        clock=time.time,
-    )
-    app.register_blueprint(buffer_blueprint(buffer, admin_tokens))
-    app.register_blueprint(
-        lookup_blueprint(state.current_runtime, admin_tokens, state.audit, usage.outbox.lookup)
-    )
+    _register_admin(app, state, state_dir)
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
-        await state.usage.open()
-        await state.store.open()
-        await state.audit.open()
-        await state.config_service.start()
-        await state.control.load()
-        await state.backends.open()
-        await state.limits.open()
-        state.health.start()
-        yield
-        await state.health.stop()
-        await state.limits.close()
-        await state.backends.close()
-        await state.config_service.stop()
-        await state.audit.close()
-        await state.store.close()
-        await state.usage.close()
+        # Each part closes if it opened, in reverse order, also when a later one fails.
+        async with AsyncExitStack() as parts:
+            for part in (state.usage, state.store, state.audit, state.config_service):
+                await part.open()
+                parts.push_async_callback(part.close)
+            await state.control.load()
+            await state.backends.open()
+            parts.push_async_callback(state.backends.close)
+            await state.limits.open()
+            parts.push_async_callback(state.limits.close)
+            state.health.start()
+            parts.push_async_callback(state.health.stop)
+            yield
 
     access_log = _access_logger(settings.telemetry.access_log)
     edge = EdgeMiddleware(
@@ -215,6 +202,26 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     )
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
+
+
+def _register_admin(app: Quart, state: AppState, state_dir: Path) -> None:
+    """The admin routes (admin tokens) and the lookups (admin tokens and org keys)."""
+    settings = state.config.settings
+    admin_tokens = AdminTokens(settings.admin.tokens)
+    app.register_blueprint(admin_blueprint(state.control, admin_tokens))
+    buffer = BufferService(
+        state.usage.outbox,
+        state.usage.publisher,
+        path=str(state_dir / "outbox.sqlite"),
+        sink=settings.usage.sink,
+        clock=time.time,
+    )
+    app.register_blueprint(buffer_blueprint(buffer, admin_tokens))
+    app.register_blueprint(config_blueprint(state.config_service, admin_tokens))
+    lookup = lookup_blueprint(
+        state.current_runtime, admin_tokens, state.audit, state.usage.outbox.lookup
+    )
+    app.register_blueprint(lookup)
 
 
 def _readiness(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.audit.events import AuditEvent
+from appliance.configsvc.connect import etcd_client_from
 from appliance.configsvc.etcd_client import EtcdClient
 from appliance.configsvc.etcd_overrides import EtcdOverrideStore
 from appliance.configsvc.etcd_source import ApplyObserver, EtcdConfigSource
@@ -48,21 +49,11 @@ class ConfigStore:
 
 
 def build_store(settings: Settings, state_dir: Path) -> ConfigStore:
-    cs = settings.config_service
-    if not cs.etcd_endpoints:
+    client = etcd_client_from(settings, os.environ)
+    if client is None:
         return ConfigStore(SqliteOverrideStore(state_dir / "overrides.sqlite"), None, None)
-    password = os.environ.get(cs.password_env) if cs.password_env else None
-    client = EtcdClient(
-        cs.etcd_endpoints,
-        username=cs.username or None,
-        password=password,
-        ca_file=cs.ca_file or None,
-        cert_file=cs.cert_file or None,
-        key_file=cs.key_file or None,
-        timeout_s=cs.timeout_s,
-    )
     cache = SqliteConfigCache(state_dir / "config-cache.sqlite")
-    return ConfigStore(EtcdOverrideStore(client, cs.prefix), client, cache)
+    return ConfigStore(EtcdOverrideStore(client, settings.config_service.prefix), client, cache)
 
 
 def build_config_service(  # noqa: PLR0917 - the composition root hands over its parts
@@ -86,6 +77,9 @@ def build_config_service(  # noqa: PLR0917 - the composition root hands over its
             audit=audit,
             overrides_changed=overrides_changed,
         )
+        if isinstance(store.overrides, EtcdOverrideStore):
+            source = etcd
+            store.overrides.last_seen = lambda: source.overrides
     path = config.source if Path(config.source).is_file() else None
     return ConfigService(
         path=path,

@@ -275,3 +275,10 @@ class UsageSinkUnavailable(RouterError):
     code = "usage_sink_unavailable"
     retriable = True
     default_message = "The usage sink did not acknowledge; the records stay in the outbox."
+
+
+class ConfigInvalid(RouterError):
+    status = 400
+    type = "invalid_request_error"
+    code = "config_invalid"
+    default_message = "The config file is invalid; the running config is unchanged."

@@ -20,6 +20,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import LifespanFailureError
 
 from appliance.app import build_app
+from appliance.configsvc.service import ConfigService, ReloadRefused
 from appliance.settings import ServerSettings, parse_listen
 from appliance.settings_loader import LoadedConfig
 from appliance.telemetry.logging import configure_logging, get_logger
@@ -68,6 +69,10 @@ async def serve(source: ConfigSource, on_started: Started | None = None) -> None
             server = config.settings.server
             metrics = Metrics()
             built = build_app(config, metrics)
+            reloads: set[asyncio.Task[None]] = set()
+            loop.add_signal_handler(
+                signal.SIGHUP, _reload_on_signal, built.state.config_service, reloads
+            )
             if server.metrics_listen:
                 await stack.enter_async_context(MetricsListener(server.metrics_listen, metrics))
             _log.info("starting", listen=server.listen, metrics=server.metrics_listen or None)
@@ -83,8 +88,24 @@ async def serve(source: ConfigSource, on_started: Started | None = None) -> None
             )
             _log.info("stopped")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _reload_on_signal(service: ConfigService, tasks: set[asyncio.Task[None]]) -> None:
+    """SIGHUP: re-read the config file; an invalid one is logged and the old config stays."""
+
+    async def reload() -> None:
+        try:
+            result = await service.reload_file()
+        except ReloadRefused as exc:
+            _log.error("config_reload_refused", trigger="SIGHUP", problems=exc.problems)
+        else:
+            _log.info("config_reload_done", trigger="SIGHUP", restart_needed=result.restart_needed)
+
+    task = asyncio.create_task(reload())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def hypercorn_config(server: ServerSettings) -> HypercornConfig:

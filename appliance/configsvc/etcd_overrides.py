@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import msgspec
@@ -39,13 +39,17 @@ class EtcdOverrideStore:
         self._client = client
         self._prefix = f"{prefix}overrides/"
         self._wall = wall
+        # The overrides the config source last saw (or cached): read while etcd is down.
+        self.last_seen: Callable[[], Mapping[str, bytes]] | None = None
 
     async def list(self) -> list[Override]:
         try:
-            snapshot = await self._client.get_prefix(self._prefix)
+            items = (await self._client.get_prefix(self._prefix)).items
         except EtcdError as exc:
-            raise StoreError(f"overrides in etcd: {exc}") from None
-        found = [self._decode(key, raw) for key, raw in snapshot.items.items()]
+            if self.last_seen is None:
+                raise StoreError(f"overrides in etcd: {exc}") from None
+            items = self.last_seen()
+        found = [self._decode(key, raw) for key, raw in items.items()]
         return sorted(found, key=lambda o: (o.created_at, o.id))
 
     async def put(self, override: Override) -> None:
@@ -71,7 +75,11 @@ class EtcdOverrideStore:
 
     async def purge_expired(self, now: float) -> int:
         """Leases expire overrides in etcd; this only sweeps ones whose lease outlived them."""
-        expired = [o for o in await self.list() if not o.active(now)]
+        try:
+            items = (await self._client.get_prefix(self._prefix)).items
+        except EtcdError:
+            return 0  # etcd down: its leases expire them; inactive ones are not applied anyway
+        expired = [o for o in (self._decode(k, v) for k, v in items.items()) if not o.active(now)]
         for override in expired:
             await self.delete(override.id)
         return len(expired)

@@ -84,6 +84,9 @@ class EtcdConfigSource:
         self._overrides_changed = overrides_changed
         self._clock = clock
         self.view: dict[str, bytes] = {}  # every config document etcd holds, as it holds it
+        # The overrides as last seen (cached too): what a router started during an etcd
+        # outage routes by, so a drained backend stays drained across a restart.
+        self.overrides: dict[str, bytes] = {}
         self.applied: dict[str, Document] = {}  # the documents live now
         self._parsed: dict[str, tuple[bytes, Document | DocumentError]] = {}
         self.revision = 0  # the etcd revision seen (applied or rejected)
@@ -162,6 +165,10 @@ class EtcdConfigSource:
         for event in batch.events:
             if event.key.startswith(f"{self.prefix}{OVERRIDES}/"):
                 overrides = True
+                if event.type is EventType.DELETE:
+                    self.overrides.pop(event.key, None)
+                else:
+                    self.overrides[event.key] = event.value
             elif kind_of(self.prefix, event.key) is not None:
                 changed.append(event.key)
                 if event.type is EventType.DELETE:
@@ -172,10 +179,13 @@ class EtcdConfigSource:
         if changed:
             await self._rebuild(changed, source="etcd")
         if overrides:
+            await self._save_cache()
             await self._overrides_changed()
 
     async def _replace_view(self, items: Mapping[str, bytes], revision: int, source: str) -> None:
         view = {k: v for k, v in items.items() if kind_of(self.prefix, k) is not None}
+        marker = f"{self.prefix}{OVERRIDES}/"
+        self.overrides = {k: v for k, v in items.items() if k.startswith(marker)}
         changed = [k for k in view.keys() | self.view.keys() if view.get(k) != self.view.get(k)]
         self.view = view
         self.revision = revision
@@ -218,6 +228,11 @@ class EtcdConfigSource:
         self._observer.applied(self.revision, source, self._clock())
         _log.info("config_applied", revision=self.revision, source=source, documents=len(candidate))
         return True
+
+    async def _save_cache(self) -> None:
+        """The applied documents and the overrides, at the revision seen."""
+        documents = {k: self.view[k] for k in self.applied if k in self.view}
+        await self._cache.save(self.revision, {**documents, **self.overrides})
 
     def _parse(self, key: str, raw: bytes) -> Document | DocumentError:
         known = self._parsed.get(key)

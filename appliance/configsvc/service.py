@@ -53,6 +53,9 @@ class ConfigService:
         self._clock = clock
         self._lock = asyncio.Lock()  # one reload at a time
 
+    async def open(self) -> None:
+        await self.start()
+
     async def start(self) -> None:
         if self.etcd is None:
             self._observer.applied(0, "file", self._clock())
@@ -69,6 +72,9 @@ class ConfigService:
     async def stop(self) -> None:
         if self.etcd is not None:
             await self.etcd.stop()
+
+    async def close(self) -> None:
+        await self.stop()
 
     async def reload_file(self) -> ReloadResult:
         """Re-read the config file and apply what can change live; ReloadRefused if invalid."""

@@ -176,12 +176,15 @@ async def running_router(
             yield RouterUnderTest(url, port, mocks, built.state, session, metrics_url=metrics_url)
     finally:
         stop.set()
-        await listeners.aclose()
-        if task is not None:
-            await asyncio.wait_for(task, 10)
-        for mock in mocks.values():
-            await mock.stop()
-        own_state.cleanup()
+        try:
+            await listeners.aclose()
+            if task is not None and not task.done():
+                await asyncio.wait_for(task, 10)
+        finally:
+            # A router that failed to start raised already (from _wait_ready): still clean up.
+            for mock in mocks.values():
+                await mock.stop()
+            own_state.cleanup()
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, task: asyncio.Task[None]) -> None:

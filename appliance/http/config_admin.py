@@ -1,0 +1,52 @@
+"""`POST /v1/admin/config/reload` (operator): re-read the config file, apply what can change
+live, keep running on the old config (and say why) when the file is invalid."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+from quart import Blueprint, Response, request
+
+from appliance.auth.admin import AdminTokens
+from appliance.configsvc.service import ReloadRefused, ReloadResult
+from appliance.errors import ConfigInvalid
+from appliance.http.context import request_context
+from appliance.telemetry.logging import get_logger
+
+_log = get_logger("routerctl.admin")
+_MAX_PROBLEMS = 20
+
+
+class Reloader(Protocol):
+    async def reload_file(self) -> ReloadResult: ...
+
+
+def config_blueprint(reloader: Reloader, tokens: AdminTokens) -> Blueprint:
+    bp = Blueprint("config_admin", __name__)
+
+    @bp.post("/v1/admin/config/reload")
+    async def reload() -> Response:
+        token_id = tokens.authorize(request.headers.get("authorization"), "operator")
+        request_context(request.scope).key_id = f"admin:{token_id}"
+        try:
+            result = await reloader.reload_file()
+        except ReloadRefused as exc:
+            _log.error("config_reload_refused", actor=token_id, problems=exc.problems)
+            shown = exc.problems[:_MAX_PROBLEMS]
+            more = len(exc.problems) - len(shown)
+            raise ConfigInvalid(
+                "The config file is invalid; the running config is unchanged: "
+                + "; ".join(shown)
+                + (f"; and {more} more" if more > 0 else "")
+            ) from None
+        _log.info("config_reload_requested", actor=token_id)
+        body = {
+            "status": "applied",
+            "source": result.source,
+            "revision": result.revision,
+            "restart_needed": result.restart_needed,
+        }
+        return Response(msgspec.json.encode(body), content_type="application/json")
+
+    return bp
