@@ -282,3 +282,14 @@ class ConfigInvalid(RouterError):
     type = "invalid_request_error"
     code = "config_invalid"
     default_message = "The config file is invalid; the running config is unchanged."
+
+
+class StoreUnavailable(RouterError):
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+    retriable = True
+    default_message = (
+        "A store the router needs for this (its state files, or etcd for shared overrides) "
+        "is unavailable; nothing was changed. Try again shortly."
+    )

@@ -11,7 +11,9 @@ from appliance.errors import (
     NotFound,
     PayloadTooLarge,
     RouterError,
+    StoreUnavailable,
 )
+from appliance.sqlite_support import StoreError
 from appliance.http.context import request_context
 from appliance.telemetry.logging import get_logger
 
@@ -37,6 +39,16 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(RouterError)
     async def _router_error(error: RouterError) -> Response:
         return render(error)
+
+    @app.errorhandler(StoreError)
+    async def _store_error(error: StoreError) -> Response:
+        # A state store (SQLite file, overrides in etcd) failed: retriable, said without detail.
+        _log.error(
+            "store_unavailable",
+            request_id=request_context(request.scope).request_id,
+            error=str(error),
+        )
+        return render(StoreUnavailable())
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:

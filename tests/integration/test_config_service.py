@@ -260,3 +260,32 @@ async def test_start_with_etcd_down_uses_the_cache_or_refuses(
             etcd = router.state.config_service.etcd
             assert etcd is not None
             await eventually(lambda: etcd.connected, "live again")
+
+
+async def test_override_changes_while_etcd_is_unreachable_are_refused_with_503(
+    etcd_server: EtcdServer,
+) -> None:
+    """A drain needs etcd (it is shared): refused with 503 store_unavailable, nothing changed."""
+    prefix = f"/t-{uuid.uuid4().hex[:8]}/"
+    operator = "rka-config-operator"
+    token = f'{{ id = "oncall", sha256 = "{hash_key(operator)}", role = "operator" }}'
+    admin = f"\n[admin]\ntokens = [{token}]\n"
+    async with (
+        tcp_proxy(etcd_server.host, etcd_server.port) as proxy,
+        EtcdClient([etcd_server.url], timeout_s=2.0) as client,
+        running_router(2, extra=service(prefix, proxy.url) + admin) as router,
+    ):
+        urls = {n: m.url for n, m in router.mocks.items()}
+        await client.txn_put_delete(documents(prefix, urls, {}))
+        await eventually(lambda: routed(router), "routed")
+        proxy.cut()
+        async with router.session.post(
+            f"{router.url}/v1/admin/backends/m0/drain",
+            json={"reason": "maintenance"},
+            headers={"Authorization": f"Bearer {operator}"},
+        ) as response:
+            body = await response.json()
+        assert response.status == 503
+        assert body["error"]["code"] == "store_unavailable"
+        assert router.state.control.overrides() == []
+        assert await status_of(router) == 200
