@@ -156,6 +156,11 @@ async def test_sigkill_mid_load_loses_no_record(
     assert missing == []
 
 
+async def readiness(url: str) -> tuple[int, dict[str, dict[str, str]]]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/status/readyz") as r:
+        return r.status, await r.json()
+
+
 async def test_kafka_outage_buffers_then_drains(
     kafka_broker: KafkaBroker, mock_url: str, tmp_path: Path
 ) -> None:
@@ -172,6 +177,9 @@ async def test_kafka_outage_buffers_then_drains(
         await asyncio.sleep(1.5)  # the publisher reports the buffer after a failed attempt
         buffered = await metric(metrics_port, "router_usage_buffer_records")
         assert buffered >= len(during)
+        # The default policy counts every configured component: Kafka down -> not ready.
+        status, body = await readiness(router.url)
+        assert (status, body["components"]["kafka"]) == (503, "unhealthy")
         kafka_broker.start()  # Tansu's memory store comes back empty: recreate the topic
         kafka_broker.create_topic(topic, 1)
         for _ in range(120):
@@ -179,5 +187,11 @@ async def test_kafka_outage_buffers_then_drains(
                 break
             await asyncio.sleep(0.25)
         assert await metric(metrics_port, "router_usage_buffer_records") == 0
+        for _ in range(40):  # readiness probes are cached for a second
+            status, body = await readiness(router.url)
+            if status == 200:
+                break
+            await asyncio.sleep(0.25)
+        assert (status, body["components"]["kafka"]) == (200, "healthy")
         seen = await published_ids(kafka_broker.bootstrap, topic, during)
     assert [rid for rid in during if seen[rid] != 1] == []
