@@ -1,14 +1,16 @@
 """etcd (the config service): every endpoint answers status, knows a leader, and its revision.
 
-Not wired yet: the `[config_service]` settings do not exist, so `check_etcd` reports a skip.
-`check_etcd_members` is the check itself, over an `EtcdClient` the caller builds from those
-settings (endpoints, user, TLS files) once they exist.
+The client is built from `[config_service]` exactly as the router builds its own
+(`appliance.configsvc.connect`): same endpoints, user, password variable and TLS files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 
+from appliance.configsvc.connect import EtcdSettingsError, etcd_client_from
 from appliance.configsvc.etcd_client import EtcdAuthError, EtcdClient, EtcdError, EtcdStatus
 from appliance.doctor.report import CheckResult, describe, failed, passed, skipped, warned
 from appliance.settings import Settings
@@ -16,15 +18,29 @@ from appliance.settings import Settings
 _MB = 1024 * 1024
 
 
-async def check_etcd(settings: Settings, timeout_s: float) -> list[CheckResult]:
-    """Rows `etcd`, one per endpoint.
-
-    To wire once `[config_service]` exists: skip when it names no endpoint, else
-    `async with EtcdClient(endpoints, ..., timeout_s=timeout_s) as client:` and return
-    `await check_etcd_members(client, timeout_s)`.
-    """
-    del settings, timeout_s
-    return [skipped("etcd", "-", "not configured ([config_service] is not in this version yet)")]
+async def check_etcd(
+    settings: Settings, timeout_s: float, environ: Mapping[str, str] | None = None
+) -> list[CheckResult]:
+    """Rows `etcd`, one per endpoint; one skip row when `[config_service]` names none, one
+    failed row when no client can be built (password variable unset, TLS file unreadable)."""
+    try:
+        client = etcd_client_from(
+            settings, os.environ if environ is None else environ, timeout_s=timeout_s
+        )
+    except EtcdSettingsError as exc:
+        return [
+            failed(
+                "etcd",
+                "-",
+                str(exc),
+                "fix [config_service] (export the password variable where the router runs; "
+                "make the TLS files readable)",
+            )
+        ]
+    if client is None:
+        return [skipped("etcd", "-", "not configured ([config_service] etcd_endpoints is empty)")]
+    async with client:
+        return await check_etcd_members(client, timeout_s)
 
 
 async def check_etcd_members(client: EtcdClient, timeout_s: float) -> list[CheckResult]:

@@ -1,4 +1,5 @@
-"""`routerctl doctor` as an operator runs it, against real valkey, Tansu and mock backends."""
+"""`routerctl doctor` as an operator runs it, against real valkey, Tansu, etcd and mock
+backends."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import redis
 from appliance.limits.redis_store import BUCKET_LUA
 from appliance.usage.sqlite_outbox import SqliteOutbox
 from tests.e2e.cli import mock_backend_process, router_process, run_cli
-from tests.services import KafkaBroker, RedisServer, free_port
+from tests.services import EtcdServer, KafkaBroker, RedisServer, etcd_binary, free_port
 
 ROW_KEYS = {"check", "target", "status", "detail", "fix"}
 STATUSES = {"pass", "warn", "fail", "skip"}
@@ -30,6 +31,21 @@ def backend_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A `routerctl mock-backend` process serving model "demo"; its base URL with /v1."""
     with mock_backend_process(tmp_path_factory.mktemp("mock")) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd member for this module (restored by restore_services after a stop)."""
+    server = EtcdServer(etcd_binary(), tmp_path_factory.mktemp("etcd"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.retire()
+
+
+def config_service(etcd: EtcdServer) -> str:
+    return f'[config_service]\netcd_endpoints = ["{etcd.url}"]\nprefix = "/doctor/"'
 
 
 @pytest.fixture
@@ -112,14 +128,16 @@ def load_bucket_script(url: str) -> None:
 
 
 def test_everything_up_every_check_passes(
+    *,
     redis_server: RedisServer,
     kafka_broker: KafkaBroker,
+    etcd: EtcdServer,
     topics: tuple[str, str],
     backend_url: str,
     tmp_path: Path,
 ) -> None:
-    """With Redis, Kafka (both topics) and two live backends, every row passes and doctor
-    exits 0 with nothing on stderr."""
+    """With Redis, Kafka (both topics), etcd and two live backends, every row passes and
+    doctor exits 0 with nothing on stderr."""
     load_bucket_script(redis_server.url)
     path = config(
         tmp_path,
@@ -127,14 +145,16 @@ def test_everything_up_every_check_passes(
         redis_url=redis_server.url,
         bootstrap=kafka_broker.bootstrap,
         topics=topics,
+        extra=config_service(etcd),
     )
     result = doctor(path, "--json")
     assert result.returncode == 0, result.stdout
     assert result.stderr == ""
     rows: list[Row] = json.loads(result.stdout)
-    # etcd is skipped until [config_service] settings exist (appliance/doctor/etcd_check.py).
-    assert [r["check"] for r in rows if r["status"] != "pass"] == ["etcd"]
-    assert row(rows, "etcd")["status"] == "skip"
+    assert [r for r in rows if r["status"] != "pass"] == []
+    assert re.fullmatch(
+        r"etcd 3\.5\.\d+, revision \d+, db [\d.]+ MB", row(rows, "etcd", etcd.url)["detail"]
+    )
     assert [(r["check"], r["target"]) for r in rows] == [
         ("config", str(path)),
         ("redis", f"127.0.0.1:{redis_server.port}"),
@@ -143,7 +163,7 @@ def test_everything_up_every_check_passes(
         ("kafka", kafka_broker.bootstrap),
         ("kafka.topic", topics[0]),
         ("kafka.topic", topics[1]),
-        ("etcd", "-"),
+        ("etcd", etcd.url),
         ("backend", "gpu-a"),
         ("backend", "gpu-b"),
         ("state_dir", str(tmp_path / "state")),
@@ -217,6 +237,35 @@ def test_redis_without_the_bucket_script_warns(
     assert script["status"] == "warn"
     assert "not loaded" in script["detail"]
     assert row(rows, "clock")["status"] == "pass"
+
+
+def test_etcd_down_fails_with_the_fix(etcd: EtcdServer, backend_url: str, tmp_path: Path) -> None:
+    """etcd stopped: the etcd row fails naming the endpoint, says routers run on their cache,
+    and gives the fix; nothing else fails, doctor exits 1."""
+    path = config(tmp_path, backends={"gpu-a": backend_url}, extra=config_service(etcd))
+    etcd.stop()
+    code, rows = doctor_json(path)
+    assert code == 1
+    etcd_row = row(rows, "etcd", etcd.url)
+    assert etcd_row["status"] == "fail"
+    assert etcd_row["detail"].endswith("; routers run on their cache"), etcd_row
+    assert etcd_row["fix"] == f"start etcd at {etcd.url}, or fix the config service's endpoints"
+    assert [r["check"] for r in rows if r["status"] == "fail"] == ["etcd"]
+
+
+def test_etcd_password_variable_unset_fails_both_rows(
+    etcd: EtcdServer, backend_url: str, tmp_path: Path
+) -> None:
+    """[config_service] naming a password variable that is not set: the config row and the
+    etcd row fail, neither shows a value, and etcd is not asked."""
+    variable = f"DOCTOR_ETCD_PW_{uuid.uuid4().hex[:6].upper()}"
+    extra = config_service(etcd) + f'\nusername = "router"\npassword_env = "{variable}"'
+    code, rows = doctor_json(config(tmp_path, backends={"gpu-a": backend_url}, extra=extra))
+    assert code == 1
+    expected = f"config_service.password_env: environment variable {variable} is not set"
+    assert row(rows, "config")["detail"].endswith(expected)
+    assert row(rows, "etcd", "-")["detail"] == expected
+    assert row(rows, "etcd", "-")["status"] == "fail"
 
 
 def test_kafka_refusing_fails(backend_url: str, tmp_path: Path) -> None:
