@@ -15,6 +15,7 @@ from typing import Any
 
 from quart import Quart, has_request_context, has_websocket_context
 
+from appliance import BUILD
 from appliance.app_config import ConfigStore, build_config_service, build_store
 from appliance.app_limits import LimitParts, build_limits
 from appliance.app_usage import UsageParts, build_usage
@@ -23,16 +24,16 @@ from appliance.audit.sqlite_store import SqliteAuditStore
 from appliance.auth.admin import AdminTokens
 from appliance.configsvc.live import LiveConfig
 from appliance.configsvc.service import ConfigService
+from appliance.http.access_log import access_logger
 from appliance.http.admin import admin_blueprint
 from appliance.http.buffer_admin import buffer_blueprint
 from appliance.http.config_admin import config_blueprint
-from appliance.http.context import RequestContext
-from appliance.http.edge import AccessLog, ASGIApp, EdgeLimits, EdgeMiddleware
+from appliance.http.edge import ASGIApp, EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
 from appliance.http.inference import inference_blueprint
 from appliance.http.lookup import lookup_blueprint
 from appliance.http.status import status_blueprint
-from appliance.http.usage_facts import facts_from
+from appliance.http.usage_facts import usage_hook
 from appliance.readiness import Probe, ProbeFailed, Readiness
 from appliance.routing.control import Control, OverrideBook
 from appliance.routing.health_monitor import HealthMonitor
@@ -46,9 +47,11 @@ from appliance.telemetry.limit_metrics import BudgetLimits
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.routing_metrics import RoutingMetrics
+from appliance.telemetry.tracing import OtelTracing
 from appliance.upstream.client import BackendClient
 from appliance.upstream.forwarder import Forwarder, RoutingParts
 from appliance.usage.buffer_service import BufferService
+from appliance.usage.ports import SinkError
 
 _log = get_logger("routerctl.app")
 
@@ -69,6 +72,7 @@ class AppState:
     audit: SqliteAuditStore
     limits: LimitParts
     usage: UsageParts
+    tracing: OtelTracing | None = None  # None without [telemetry] otlp_endpoint: no spans
     config_service: ConfigService = field(init=False)
     readiness: Readiness = field(init=False)
 
@@ -120,6 +124,11 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         audit=audit,
         limits=limits,
         usage=usage,
+        tracing=(
+            OtelTracing(settings.telemetry, BUILD.version)
+            if settings.telemetry.otlp_endpoint
+            else None
+        ),
     )
     state.config_service = build_config_service(
         config,
@@ -176,6 +185,9 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     async def lifecycle() -> AsyncGenerator[None, None]:
         # Each part closes if it opened, in reverse order, also when a later one fails.
         async with AsyncExitStack() as parts:
+            if state.tracing is not None:  # closed last: flushes the spans of the drain
+                await state.tracing.open()
+                parts.push_async_callback(state.tracing.close)
             for part in (state.usage, state.store, state.audit, state.config_service):
                 await part.open()
                 parts.push_async_callback(part.close)
@@ -188,7 +200,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
             parts.push_async_callback(state.health.stop)
             yield
 
-    access_log = _access_logger(settings.telemetry.access_log)
+    access_log = access_logger(settings.telemetry.access_log)
     edge = EdgeMiddleware(
         app.asgi_app,  # type: ignore[arg-type]
         EdgeLimits(
@@ -198,7 +210,8 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         ),
         state.metrics,
         access_log,
-        usage_hook=lambda context: state.usage.recorder.record(facts_from(context)),
+        usage_hook=usage_hook(state.usage.recorder.record),
+        tracing=state.tracing,
     )
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
@@ -232,7 +245,7 @@ def _readiness(
     config: ConfigService,
 ) -> Readiness:
     async def registry_probe() -> None:
-        if not settings.models:
+        if not control.models():  # the live config's: with etcd, not the file's
             raise ProbeFailed("no models configured")
         if missing := control.unroutable_models():
             raise ProbeFailed(f"no routable backend for: {', '.join(sorted(missing))}")
@@ -243,9 +256,18 @@ def _readiness(
         assert redis is not None
         await redis.ping()
 
+    kafka = usage.kafka
+
+    async def kafka_probe() -> None:
+        assert kafka is not None
+        try:
+            await kafka.ping()
+        except SinkError as exc:  # its message names the brokers and the error kind only
+            raise ProbeFailed(str(exc)) from None
+
     probes: dict[str, Probe | None] = {
         "redis": redis_probe if redis is not None else None,
-        "kafka": usage.kafka.ping if usage.kafka is not None else None,
+        "kafka": kafka_probe if kafka is not None else None,
         "config_service": config.probe if config.etcd is not None else None,
         "backend_registry": registry_probe,
         "usage_buffer": usage.check_buffer,
@@ -271,30 +293,3 @@ def _report_startup_failures_once(app: Quart) -> None:
             _log.error("startup_failed", error=str(exc_info[1]))
 
     app.log_exception = log  # type: ignore[method-assign, assignment]
-
-
-def _access_logger(enabled: bool) -> AccessLog:
-    log = get_logger("routerctl.access")
-
-    def skip(_context: RequestContext) -> None:
-        return None
-
-    def write(context: RequestContext) -> None:
-        log.info(
-            "request",
-            request_id=context.request_id,
-            method=context.method,
-            path=context.path,
-            status=context.status,
-            duration_ms=round(context.duration_s * 1000, 3),
-            org=context.org,
-            key_id=context.key_id,
-            model=context.model,
-            backend=context.backend,
-            stream=context.stream,
-            prompt_tokens=context.prompt_tokens,
-            completion_tokens=context.completion_tokens,
-            outcome=context.outcome,
-        )
-
-    return write if enabled else skip

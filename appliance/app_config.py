@@ -88,4 +88,5 @@ def build_config_service(  # noqa: PLR0917 - the composition root hands over its
         observer=observer,
         etcd=etcd,
         start_timeout_s=settings.config_service.timeout_s,
+        server_overrides=config.server_overrides,
     )

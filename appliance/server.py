@@ -53,7 +53,9 @@ def run(source: ConfigSource, on_started: Started | None = None) -> int:
         try:
             runner.run(serve(source, on_started))
         except LifespanFailureError as exc:
-            raise StartupError(str(exc).removeprefix("Lifespan failure in startup. ")) from None
+            # hypercorn quotes the message: "Lifespan failure in startup. 'why'".
+            why = str(exc).removeprefix("Lifespan failure in startup. ").strip("'\"")
+            raise StartupError(why) from None
     return 0
 
 

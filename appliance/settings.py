@@ -226,6 +226,9 @@ def semantic_problems(settings: Settings) -> list[Problem]:
     problems += _backend_problems(settings)
     problems += _reference_problems(settings)
     problems += _not_yet_enforced(settings)
+    otlp = settings.telemetry.otlp_endpoint
+    if otlp and not otlp.startswith(("http://", "https://")):
+        problems.append((("telemetry", "otlp_endpoint"), "must start with http(s):// (OTLP/HTTP)"))
     return problems
 
 
@@ -236,7 +239,6 @@ def _not_yet_enforced(settings: Settings) -> list[Problem]:
     """
     found: list[tuple[tuple[str | int, ...], bool]] = [
         (("server", "workers"), settings.server.workers != 1),
-        (("telemetry", "otlp_endpoint"), settings.telemetry.otlp_endpoint != ""),
     ]
     return [
         (path, "not supported by this version yet; leave the default") for path, on in found if on

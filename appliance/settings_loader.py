@@ -45,6 +45,8 @@ class LoadedConfig:
     settings: Settings
     credentials: Mapping[str, BackendCredentials]
     source: str
+    # [server] keys set on the command line (--listen): a reload applies them again.
+    server_overrides: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_file(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:

@@ -17,7 +17,7 @@ def load_command(name: str, target: str) -> Any:  # typer's vendored click.Comma
     """Import one entry of COMMANDS and build its click command as add_typer/command would."""
     module_name, _, attribute = target.partition(":")
     obj = getattr(importlib.import_module(module_name), attribute)
-    holder = typer.Typer()
+    holder = typer.Typer(rich_markup_mode=None)
     if isinstance(obj, typer.Typer):
         holder.add_typer(obj, name=name)
     else:
@@ -62,6 +62,7 @@ class LazyGroup(TyperGroup):
 
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="routerctl",
     help="Inference API router appliance: serve, steer and inspect it.",
     no_args_is_help=True,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import msgspec
 
 from appliance.configsvc.etcd_source import ApplyObserver, EtcdConfigSource
 from appliance.configsvc.live import ApplyError, LiveConfig, keep_static
@@ -42,8 +44,10 @@ class ConfigService:
         observer: ApplyObserver,
         etcd: EtcdConfigSource | None,
         start_timeout_s: float,
+        server_overrides: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._server_overrides = dict(server_overrides or {})
         self._path = path
         self._live = live
         self._load = load
@@ -86,7 +90,11 @@ class ConfigService:
             except ConfigError as exc:
                 self._observer.rejected()
                 raise ReloadRefused(exc.problems) from None
-            new, restart = keep_static(loaded.settings, self._live.settings)
+            settings = loaded.settings
+            if self._server_overrides:  # what --listen set at start still holds
+                server = msgspec.structs.replace(settings.server, **self._server_overrides)
+                settings = msgspec.structs.replace(settings, server=server)
+            new, restart = keep_static(settings, self._live.settings)
             try:
                 if self.etcd is not None:
                     self.etcd.base = new

@@ -76,9 +76,7 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
     bp = Blueprint("admin", __name__)
 
     def actor(need: Role) -> str:
-        token_id = tokens.authorize(request.headers.get("authorization"), need)
-        request_context(request.scope).key_id = f"admin:{token_id}"
-        return token_id
+        return authorize(tokens, need)
 
     @bp.get("/v1/admin/backends")
     async def list_backends() -> Response:
@@ -131,6 +129,13 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
         return _json(render_override(await control.clear(override_id, body.reason, who)))
 
     return bp
+
+
+def authorize(tokens: AdminTokens, need: Role) -> str:
+    """This request's admin token id (the actor), recorded as its key id; 401/403 otherwise."""
+    token_id = tokens.authorize(request.headers.get("authorization"), need)
+    request_context(request.scope).key_id = f"admin:{token_id}"
+    return token_id
 
 
 def render_override(override: Override) -> dict[str, object]:

@@ -10,12 +10,11 @@ from typing import Annotated, Protocol
 
 import msgspec
 from msgspec import Meta, Struct
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
-from appliance.auth.admin import AdminTokens, Role
+from appliance.auth.admin import AdminTokens
 from appliance.errors import UsageSinkUnavailable
-from appliance.http.admin import parse_body
-from appliance.http.context import request_context
+from appliance.http.admin import authorize, parse_body
 from appliance.telemetry.logging import get_logger
 from appliance.usage.buffer_service import LiveBufferReport, ReplayResult
 from appliance.usage.ports import SinkError
@@ -37,19 +36,14 @@ class ReplayBody(Struct, forbid_unknown_fields=True, kw_only=True):
 def buffer_blueprint(buffer: BufferControl, tokens: AdminTokens) -> Blueprint:
     bp = Blueprint("buffer_admin", __name__)
 
-    def actor(need: Role) -> str:
-        token_id = tokens.authorize(request.headers.get("authorization"), need)
-        request_context(request.scope).key_id = f"admin:{token_id}"
-        return token_id
-
     @bp.get("/v1/admin/buffer")
     async def inspect() -> Response:
-        actor("viewer")
+        authorize(tokens, "viewer")
         return _json(await buffer.report())
 
     @bp.post("/v1/admin/buffer/replay")
     async def replay() -> Response:
-        who = actor("operator")
+        who = authorize(tokens, "operator")
         body = await parse_body(ReplayBody)
         try:
             result = await buffer.replay(body.limit, body.dry_run)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Protocol
 
 import msgspec
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from appliance.auth.admin import AdminTokens
 from appliance.configsvc.service import ReloadRefused, ReloadResult
 from appliance.errors import ConfigInvalid
-from appliance.http.context import request_context
+from appliance.http.admin import authorize
 from appliance.telemetry.logging import get_logger
 
 _log = get_logger("routerctl.admin")
@@ -27,8 +27,7 @@ def config_blueprint(reloader: Reloader, tokens: AdminTokens) -> Blueprint:
 
     @bp.post("/v1/admin/config/reload")
     async def reload() -> Response:
-        token_id = tokens.authorize(request.headers.get("authorization"), "operator")
-        request_context(request.scope).key_id = f"admin:{token_id}"
+        token_id = authorize(tokens, "operator")
         try:
             result = await reloader.reload_file()
         except ReloadRefused as exc:

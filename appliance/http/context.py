@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.telemetry.spans import RequestTrace
 
 CONTEXT_KEY = "routerctl.context"
 
@@ -44,6 +48,12 @@ class RequestContext:
     estimate_prompt: int = 0
     estimate_completion: int = 0
     client_disconnected: bool = False
+    ttft_s: float | None = None  # seconds to the first response byte, set at the end
+    # W3C trace context the client sent (passed on to backends when we do not trace), and
+    # this request's trace when we do.
+    traceparent: str | None = None
+    tracestate: str | None = None
+    trace: RequestTrace | None = None
     # Run once the response is over, however it ended (a stream never read included).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 

@@ -24,6 +24,7 @@ from appliance.errors import (
 )
 from appliance.http.context import CONTEXT_KEY, RequestContext
 from appliance.telemetry.metrics import Metrics
+from appliance.telemetry.spans import Tracing
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,7 +35,12 @@ AccessLog = Callable[[RequestContext], None]
 UsageHook = Callable[[RequestContext], Awaitable[None]]
 
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+# W3C trace context: a traceparent of a known shape (future versions may append fields) and
+# a bounded tracestate; anything else is not passed on.
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[!-~]{0,64})?$")
+_TRACESTATE = re.compile(rb"^[ -~]{1,512}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_SCANNED = frozenset({b"x-request-id", b"content-length", b"traceparent", b"tracestate"})
 _BAD_LENGTH = -1
 
 
@@ -52,13 +58,16 @@ class EdgeMiddleware:
         limits: EdgeLimits,
         metrics: Metrics,
         access_log: AccessLog,
+        *,
         usage_hook: UsageHook | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._app = app
         self._limits = limits
         self._metrics = metrics
         self._access_log = access_log
         self._usage_hook = usage_hook
+        self._tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,14 +75,9 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         head = _scan_headers(scope["headers"])
-        # Record ids must be unique whatever clients send: a reused client x-request-id must
-        # not make two requests look like one to billing's de-duplication.
-        record_id = uuid.uuid4().hex
-        request_id = head.request_id or record_id
-        context = RequestContext(request_id, scope["method"], scope["path"], record_id)
-        context.started_at = time.time()
+        context = self._context(scope, head)
         scope[CONTEXT_KEY] = context
-        rid_header = (b"x-request-id", request_id.encode("ascii"))
+        rid_header = (b"x-request-id", context.request_id.encode("ascii"))
         self._metrics.request_started()  # ended by _finish, which every path reaches
 
         async def send_with_id(message: Message) -> None:
@@ -103,6 +107,18 @@ class EdgeMiddleware:
             await _send_error(send_with_id, error)
         finally:
             await self._close(context, started)
+
+    def _context(self, scope: Scope, head: _Head) -> RequestContext:
+        # Record ids must be unique whatever clients send: a reused client x-request-id must
+        # not make two requests look like one to billing's de-duplication.
+        record_id = uuid.uuid4().hex
+        request_id = head.request_id or record_id
+        context = RequestContext(request_id, scope["method"], scope["path"], record_id)
+        context.started_at = time.time()
+        context.traceparent, context.tracestate = head.traceparent, head.tracestate
+        if self._tracing is not None:
+            context.trace = self._tracing.start(context, head.traceparent, head.tracestate)
+        return context
 
     async def _before_body(self, context: RequestContext, message: Message) -> None:
         """The usage record is committed before the last byte (or `[DONE]`) goes out."""
@@ -152,9 +168,13 @@ class EdgeMiddleware:
         self._metrics.observe_request(
             context.path, context.method, context.status or 499, context.duration_s
         )
+        if context.first_byte_perf is not None:
+            context.ttft_s = context.first_byte_perf - started
         if context.attempts and context.model is not None:
             _observe_forwarded(self._metrics, context, context.model, started)
         self._access_log(context)
+        if context.trace is not None:
+            context.trace.finish()
 
     async def _read_body(self, declared: int | None, receive: Receive) -> bytes | None:
         limit = self._limits.max_body_bytes
@@ -235,23 +255,47 @@ async def _send_error(send: Send, error: RouterError) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field per request
 class _Head:
     request_id: str | None
     size: int
     content_length: int | None
+    traceparent: str | None
+    tracestate: str | None
 
 
 def _scan_headers(headers: list[tuple[bytes, bytes]]) -> _Head:
-    """One pass over the headers: a sane client request id, wire size, declared body length."""
+    """One pass over the headers: a sane client request id, wire size, declared body length,
+    W3C trace context."""
     request_id: str | None = None
     content_length: int | None = None
+    traceparent: bytes | None = None
+    tracestate: bytes | None = None
     # Size counted as on the wire ("name: value\r\n"): the parser only bounds incomplete heads.
     size = 0
     for name, value in headers:
         size += len(name) + len(value) + 4
-        if name == b"x-request-id" and _SANE_REQUEST_ID.match(value):
-            request_id = value.decode("ascii")
+        if name not in _SCANNED:  # one set lookup for the usual header: cheaper than a chain
+            continue
+        if name == b"x-request-id":
+            if _SANE_REQUEST_ID.match(value):
+                request_id = value.decode("ascii")
         elif name == b"content-length":
             content_length = int(value) if value.isdigit() else _BAD_LENGTH
-    return _Head(request_id, size, content_length)
+        elif name == b"traceparent":
+            traceparent = value
+        else:
+            tracestate = value
+    if traceparent is None:
+        return _Head(request_id, size, content_length, None, None)
+    return _Head(request_id, size, content_length, *parse_trace_context(traceparent, tracestate))
+
+
+def parse_trace_context(
+    traceparent: bytes, tracestate: bytes | None
+) -> tuple[str | None, str | None]:
+    """The client's trace context when well formed; tracestate only with a valid traceparent."""
+    if not _TRACEPARENT.match(traceparent):
+        return None, None
+    state = tracestate.decode("ascii") if tracestate and _TRACESTATE.match(tracestate) else None
+    return traceparent.decode("ascii"), state

@@ -13,8 +13,8 @@ from appliance.errors import (
     RouterError,
     StoreUnavailable,
 )
-from appliance.sqlite_support import StoreError
 from appliance.http.context import request_context
+from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import get_logger
 
 _log = get_logger("routerctl.http")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgspec
 from quart import Blueprint, Response, request
 
+from appliance.auth.keyring import Principal
 from appliance.errors import ModelNotFound, RouterError, UsageBufferFull
 from appliance.http.context import RequestContext, request_context
 from appliance.limits.limiter import Limiter, Permit
@@ -36,8 +37,7 @@ def inference_blueprint(
         if not usage_admit():
             raise UsageBufferFull()  # refused before anything happened: nothing to record
         context.record_usage = True
-        principal = runtime.keyring.resolve(request.headers.get("authorization"))
-        context.org, context.key_id = principal.org_id, principal.key_id
+        principal = _authenticate(runtime, context)
         parsed = parse_request(endpoint, context.body)
         context.model, context.stream = parsed.model, parsed.stream
         route = runtime.routes.get(parsed.model)
@@ -49,7 +49,7 @@ def inference_blueprint(
         completion = parsed.max_tokens or runtime.settings.limits.default_max_tokens
         estimate = estimate_tokens(parsed.payload, parsed.max_tokens, completion)
         context.estimate_prompt, context.estimate_completion = estimate - completion, completion
-        permit = await limiter.admit(principal.limits, estimate, context.request_id)
+        permit = await _admit(limiter, principal, estimate, context)
         context.cleanups.append(lambda: limiter.release(permit))
         hooks = RequestHooks(
             on_decision=_decision_recorder(context),
@@ -57,6 +57,8 @@ def inference_blueprint(
             on_progress=_progress_recorder(context),
             defer=context.cleanups.append,
             on_upstream_time=context.add_upstream_time,
+            trace=context.trace,
+            trace_headers=_client_trace(context) if context.traceparent is not None else None,
         )
         try:
             relayed = await forwarder.forward(parsed, route, context.request_id, hooks)
@@ -104,6 +106,37 @@ def inference_blueprint(
         return Response(msgspec.json.encode({"object": "list", "data": data}), content_type=_JSON)
 
     return bp
+
+
+def _authenticate(runtime: Runtime, context: RequestContext) -> Principal:
+    trace = context.trace
+    if trace is not None:
+        trace.step("auth")  # a raise leaves the step open: the trace ends it failed
+    principal = runtime.keyring.resolve(request.headers.get("authorization"))
+    context.org, context.key_id = principal.org_id, principal.key_id
+    if trace is not None:
+        trace.step_done()
+    return principal
+
+
+async def _admit(
+    limiter: Limiter, principal: Principal, estimate: int, context: RequestContext
+) -> Permit:
+    trace = context.trace
+    if trace is not None:
+        trace.step("limits")
+    permit = await limiter.admit(principal.limits, estimate, context.request_id)
+    if trace is not None:
+        trace.step_done()
+    return permit
+
+
+def _client_trace(context: RequestContext) -> Mapping[str, str]:
+    """The client's W3C trace context, passed to backends unchanged when we do not trace."""
+    assert context.traceparent is not None
+    if context.tracestate is None:
+        return {"traceparent": context.traceparent}
+    return {"traceparent": context.traceparent, "tracestate": context.tracestate}
 
 
 def _decision_recorder(context: RequestContext) -> Callable[[Decision, int], None]:

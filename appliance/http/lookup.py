@@ -23,6 +23,7 @@ from appliance.audit.ports import AuditStore
 from appliance.auth.admin import ADMIN_TOKEN_PREFIX, AdminTokens
 from appliance.auth.keyring import bearer_token
 from appliance.errors import InvalidApiKey, InvalidRequest, UsageRecordNotFound
+from appliance.http.admin import authorize
 from appliance.http.context import request_context
 from appliance.runtime import Runtime
 
@@ -64,8 +65,7 @@ def lookup_blueprint(
 
     @bp.get("/v1/admin/audit")
     async def audit_lookup() -> Response:
-        token_id = tokens.authorize(request.headers.get("authorization"), "viewer")
-        request_context(request.scope).key_id = f"admin:{token_id}"
+        authorize(tokens, "viewer")
         query = parse_audit_query(request.args.items(multi=True))
         events = await audit.query(
             kind=query.kind,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from appliance.http.context import RequestContext
 from appliance.usage.record import RequestFacts
@@ -39,3 +40,19 @@ def facts_from(context: RequestContext) -> RequestFacts:
         estimate_completion_tokens=completion_estimate,
         client_disconnected=context.client_disconnected,
     )
+
+
+def usage_hook(
+    record: Callable[[RequestFacts], Awaitable[None]],
+) -> Callable[[RequestContext], Awaitable[None]]:
+    """The edge's hook: commit the request's usage record (a span of its own when traced)."""
+
+    async def hook(context: RequestContext) -> None:
+        trace = context.trace
+        if trace is not None:
+            trace.step("usage.record")
+        await record(facts_from(context))
+        if trace is not None:
+            trace.step_done()
+
+    return hook

@@ -111,6 +111,10 @@ class Control:
             for s in self._registry.backends.values()
         ]
 
+    def models(self) -> list[str]:
+        """The models of the live config."""
+        return list(self._registry.model_backends)
+
     def unroutable_models(self) -> list[str]:
         """Models with no backend that is healthy (or not yet probed) and not drained."""
         active = self._book.active()

@@ -42,6 +42,7 @@ class BackendState:
     last_ejection_end: float | None = None
     probe_ok: bool | None = None  # None until the thresholds decide
     probe_streak: int = 0  # >0 successes in a row, <0 failures in a row
+    probe_saw_down: bool = False  # a probe failed since probes last called it healthy
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until is not None and now < self.ejected_until
@@ -144,17 +145,18 @@ class Registry:
         state = self.get(backend_id)
         before = state.routable(now)
         if ok:
-            was_failing = state.probe_streak < 0
             state.probe_streak = max(state.probe_streak, 0) + 1
             if state.probe_ok is None or state.probe_streak >= self.policy.healthy_threshold:
                 state.probe_ok = True
                 # Back early only when probes saw it down and now see it up (a restart): a
                 # backend whose /health says OK while it answers 500 stays ejected.
-                if was_failing and state.ejected(now):
+                if state.probe_saw_down and state.ejected(now):
                     state.ejected_until = now  # back early, as Envoy does on a good probe
                     state.last_ejection_end = now
                     state.consecutive_failures = 0
+                state.probe_saw_down = False
         else:
+            state.probe_saw_down = True
             state.probe_streak = min(state.probe_streak, 0) - 1
             if -state.probe_streak >= self.policy.unhealthy_threshold:
                 state.probe_ok = False

@@ -37,6 +37,7 @@ class _BackendEndpoint:
     headers: Mapping[str, str]
     probe_headers: Mapping[str, str]
     timeout: aiohttp.ClientTimeout
+    address: tuple[str, int]  # host and port, as tracing names the server
 
 
 class UpstreamResponse:
@@ -138,14 +139,27 @@ class BackendClient:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    def address(self, backend_id: str) -> tuple[str, int]:
+        """The backend's host and port."""
+        return self._endpoints[backend_id].address
+
     async def post(
-        self, backend_id: str, path: str, body: bytes, request_id: str
+        self,
+        backend_id: str,
+        path: str,
+        body: bytes,
+        request_id: str,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
-        """POST `body` to `{backend.url}/{path}`; returns once response headers arrive."""
+        """POST `body` to `{backend.url}/{path}`; returns once response headers arrive.
+
+        `trace_headers` (W3C `traceparent`, `tracestate`) carry the trace to the backend."""
         if self._session is None:
             raise UpstreamError("The backend client is not open.")
         endpoint = self._endpoints[backend_id]
         headers = {**endpoint.headers, "x-request-id": request_id}
+        if trace_headers is not None:
+            headers.update(trace_headers)
         url = f"{endpoint.base_url}/{path}"
         try:
             async with asyncio.timeout(endpoint.backend.ttfb_timeout_s):
@@ -172,6 +186,8 @@ def _endpoint(backend: Backend, credentials: BackendCredentials) -> _BackendEndp
         **{k.lower(): v for k, v in backend.headers.items()},
         **credentials.headers,
     }
+    url = urlsplit(backend.url)
+    default_port = 443 if url.scheme == "https" else 80
     return _BackendEndpoint(
         backend=backend,
         base_url=backend.url.rstrip("/"),
@@ -181,6 +197,7 @@ def _endpoint(backend: Backend, credentials: BackendCredentials) -> _BackendEndp
         timeout=aiohttp.ClientTimeout(
             total=backend.total_timeout_s, sock_connect=backend.connect_timeout_s
         ),
+        address=(url.hostname or "", url.port or default_port),
     )
 
 

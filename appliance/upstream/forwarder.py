@@ -8,7 +8,7 @@ stream's first byte is on its way to the client, it is never retried.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from appliance.errors import (
@@ -23,6 +23,7 @@ from appliance.routing.registry import Registry
 from appliance.routing.retry_budget import RetryBudget
 from appliance.routing.selection import ModelRoute
 from appliance.telemetry.logging import get_logger
+from appliance.telemetry.spans import AttemptSpan, RequestTrace
 from appliance.upstream.client import BackendClient, UpstreamResponse
 from appliance.upstream.payload import InferenceRequest, render_upstream
 from appliance.upstream.relay import (
@@ -71,13 +72,15 @@ class Forwarder:
         for attempt in range(1 + r.max_retries):
             if attempt and not r.budget.try_retry(r.monotonic()):
                 break
-            decision = self._decide(route, tried, last_error)
+            decision = self._decide(route, tried, last_error, hooks.trace)
             if decision is None:
                 break
             if attempt:
                 r.observer.failover(tried[-1], decision.target.backend_id, _reason(last_error))
             hooks.on_decision(decision, attempt)
-            relayed, last_error = await self._attempt(request, decision, request_id, hooks)
+            relayed, last_error = await self._attempt(
+                request, decision, request_id, hooks, attempt + 1
+            )
             if relayed is not None:
                 return relayed
             tried.append(decision.target.backend_id)
@@ -85,9 +88,15 @@ class Forwarder:
         raise last_error
 
     def _decide(
-        self, route: ModelRoute, tried: list[str], last: RouterError | None
+        self,
+        route: ModelRoute,
+        tried: list[str],
+        last: RouterError | None,
+        trace: RequestTrace | None,
     ) -> Decision | None:
         r = self._r
+        if trace is not None:
+            trace.step("routing")  # a raise leaves it open: the trace ends it failed
         started = r.monotonic()
         try:
             decision = decide(
@@ -95,9 +104,13 @@ class Forwarder:
             )
         except NoBackendAvailable:
             if last is not None:
+                if trace is not None:
+                    trace.step_done()
                 return None  # every backend tried: answer with the last real failure
             raise
         r.observer.decision(r.monotonic() - started)
+        if trace is not None:
+            trace.routed(decision)
         if decision.panic:
             self._log_panic(route.name, started)
         return decision
@@ -114,13 +127,22 @@ class Forwarder:
         decision: Decision,
         request_id: str,
         hooks: RequestHooks,
+        number: int,
     ) -> tuple[Relayed | None, RouterError | None]:
         """One try on one backend: the relayed answer, or the error to fail over from."""
         backend = decision.target.backend_id
         body = render_upstream(request, decision.target.upstream_model)
-        ledger = _Ledger(self._r, backend, decision.kind.value)
+        span, trace_headers = None, hooks.trace_headers
+        if hooks.trace is not None:
+            span = hooks.trace.attempt(decision, self._client.address(backend), number)
+            trace_headers = span.headers
+        ledger = _Ledger(self._r, backend, decision.kind.value, span)
         try:
-            upstream = await self._client.post(backend, request.endpoint.value, body, request_id)
+            upstream = await self._client.post(
+                backend, request.endpoint.value, body, request_id, trace_headers
+            )
+            if span is not None:
+                span.response(upstream.status)
             if request.stream and upstream.status == 200 and upstream.is_event_stream:
                 # Settled when the stream ends; the deferred close covers a stream never read.
                 hooks.defer(lambda: ledger.abandon(upstream))
@@ -129,20 +151,25 @@ class Forwarder:
                     ledger.settle_with(hooks.on_done),
                     ledger.time_first_chunk(hooks),
                     strip_usage_chunk=not request.include_usage,
+                    finish_reasons=span is not None,
                 )
                 return relayed, None
             answer = await upstream.read()
         except RouterError as exc:
-            hooks.on_upstream_time(ledger.settle(ok=False))
+            hooks.on_upstream_time(ledger.settle(ok=False, failure=exc.code))
+            _log_failure(request_id, backend, number, exc.code)
             return None, exc
         except BaseException:
             ledger.abandon(None)  # cancelled: the client left; not the backend's fault
             raise
         if upstream.status >= 500:
-            hooks.on_upstream_time(ledger.settle(ok=False))
+            code = f"http_{upstream.status}"
+            hooks.on_upstream_time(ledger.settle(ok=False, failure=code))
+            _log_failure(request_id, backend, number, code)
             return None, UpstreamError(f"The backend answered HTTP {upstream.status}.")
         hooks.on_upstream_time(ledger.settle(ok=True))
-        return relay_whole(upstream, answer, hooks.on_done), None
+        on_done = ledger.finish_with(hooks.on_done)
+        return relay_whole(upstream, answer, on_done, finish_reasons=span is not None), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,21 +183,29 @@ class RequestHooks:
     # Seconds spent waiting on a backend, once per attempt (streams: until the first chunk),
     # so the router's own share of the request time can be told apart.
     on_upstream_time: Callable[[float], None]
+    # The request's trace; None when tracing is off. Then the client's own W3C trace headers,
+    # if it sent any, go to the backend unchanged.
+    trace: RequestTrace | None = None
+    trace_headers: Mapping[str, str] | None = None
 
 
 class _Ledger:
-    """Accounts one attempt exactly once: in-flight, latency, passive health, metrics."""
+    """Accounts one attempt exactly once: in-flight, latency, passive health, metrics, span."""
 
-    __slots__ = ("_backend", "_done", "_kind", "_r", "_started")
+    __slots__ = ("_backend", "_done", "_kind", "_r", "_span", "_started")
 
-    def __init__(self, routing: RoutingParts, backend: str, kind: str) -> None:
-        self._r, self._backend, self._kind = routing, backend, kind
+    def __init__(
+        self, routing: RoutingParts, backend: str, kind: str, span: AttemptSpan | None
+    ) -> None:
+        self._r, self._backend, self._kind, self._span = routing, backend, kind, span
         self._started = routing.monotonic()
         self._done = False
         routing.registry.begin(backend)
 
-    def settle(self, ok: bool) -> float:
-        """Account the attempt; returns its latency (0 when it was already accounted)."""
+    def settle(self, ok: bool, failure: str | None = None) -> float:
+        """Account the attempt; returns its latency (0 when it was already accounted).
+
+        A `failure` (error code) also ends the attempt's span; a success ends it with usage."""
         if self._done:
             return 0.0
         self._done = True
@@ -180,6 +215,8 @@ class _Ledger:
         if r.registry.end(self._backend, ok, latency, now) is not None:
             r.observer.ejected(self._backend)
         r.observer.attempt(self._backend, self._kind, ok, latency)
+        if failure is not None and self._span is not None:
+            self._span.finish(failure)
         return latency
 
     def abandon(self, upstream: UpstreamResponse | None) -> None:
@@ -188,6 +225,20 @@ class _Ledger:
         if not self._done:
             self._done = True
             self._r.registry.abandon(self._backend)
+        if self._span is not None:
+            self._span.finish("client_disconnected")  # no-op when it ended already
+
+    def finish_with(self, on_done: UsageCallback) -> UsageCallback:
+        """`on_done`, ending the attempt's span with the usage first."""
+        span = self._span
+        if span is None:
+            return on_done
+
+        def done(usage: Usage | None, outcome: str) -> None:
+            span.finish(outcome, usage)
+            on_done(usage, outcome)
+
+        return done
 
     def time_first_chunk(self, hooks: RequestHooks) -> ProgressCallback:
         """`hooks.on_progress`, noting the wait for the stream's first chunk on its first call."""
@@ -205,12 +256,21 @@ class _Ledger:
         return progress
 
     def settle_with(self, on_done: UsageCallback) -> UsageCallback:
+        finish = self.finish_with(on_done)
+
         def done(usage: Usage | None, outcome: str) -> None:
             self.settle(ok=outcome in ("ok", "client_disconnected"))
-            on_done(usage, outcome)
+            finish(usage, outcome)
 
         return done
 
 
 def _reason(error: RouterError | None) -> str:
     return error.code if error is not None else "unknown"
+
+
+def _log_failure(request_id: str, backend: str, attempt: int, code: str) -> None:
+    # Only failures are logged here: a request's own line is the access log.
+    _log.warning(
+        "upstream_failed", request_id=request_id, backend=backend, attempt=attempt, error=code
+    )

@@ -31,10 +31,13 @@ class Relayed:
     stream: AsyncIterator[bytes] | None = None
 
 
-def relay_whole(upstream: UpstreamResponse, body: bytes, on_done: UsageCallback) -> Relayed:
+def relay_whole(
+    upstream: UpstreamResponse, body: bytes, on_done: UsageCallback, finish_reasons: bool = False
+) -> Relayed:
     """A whole answer (2xx or the backend's own 4xx), passed through unchanged."""
     ok = upstream.status < 300
-    on_done(usage_from_json(body) if ok else None, "ok" if ok else f"http_{upstream.status}")
+    usage = usage_from_json(body, finish_reasons) if ok else None
+    on_done(usage, "ok" if ok else f"http_{upstream.status}")
     return Relayed(status=upstream.status, content_type=upstream.content_type, body=body)
 
 
@@ -43,11 +46,13 @@ def relay_stream(
     on_done: UsageCallback,
     on_progress: ProgressCallback,
     strip_usage_chunk: bool,
+    finish_reasons: bool = False,
 ) -> Relayed:
+    scanner = StreamScanner(strip_usage_chunk, finish_reasons)
     return Relayed(
         status=upstream.status,
         content_type=upstream.content_type,
-        stream=_stream(upstream, on_done, on_progress, StreamScanner(strip_usage_chunk)),
+        stream=_stream(upstream, on_done, on_progress, scanner),
     )
 
 

@@ -87,11 +87,12 @@ def report_override(made: OverrideInfo, as_json: bool, what: str) -> None:
 
 
 def print_table(table: Table) -> None:
-    console = Console()
+    # No markup: cells hold operator data and fixes like "add a [[models]] table".
+    console = Console(markup=False)
     if not console.is_terminal:
         # Pipes and logs have no width to fit: print whole rows, so `grep` sees every id.
         natural = console.measure(table, options=console.options.update_width(10_000))
-        console = Console(width=max(console.width, natural.maximum))
+        console = Console(width=max(console.width, natural.maximum), markup=False)
     console.print(table)
 
 

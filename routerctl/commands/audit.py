@@ -22,6 +22,7 @@ from routerctl.commands.admin_view import (
 from routerctl.commands.output import fail
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Look up audit events of a running router (admin API, $ROUTERCTL_TOKEN).",
     no_args_is_help=True,
 )

@@ -57,6 +57,7 @@ _MB = 1024 * 1024
 _ADMIN_REPLAY_TIMEOUT_S = 300.0
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Look into the usage outbox of a state dir and drain it (works on a stopped router).",
     no_args_is_help=True,
 )

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 # The etcd client pulls in aiohttp: imported when show or push needs etcd, so `config
 # validate` stays fast.
 
-app = typer.Typer(help="Validate, inspect and push configuration.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Validate, inspect and push configuration.", no_args_is_help=True
+)
 
 FileArg = Annotated[Path, typer.Argument(help="The TOML config file.")]
 SkipEnvOption = Annotated[

@@ -13,7 +13,9 @@ from appliance.auth.keyring import generate_key, hash_key
 from appliance.settings import AdminToken
 from routerctl.commands.output import fail, print_json
 
-app = typer.Typer(help="Mint API keys and admin tokens.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Mint API keys and admin tokens.", no_args_is_help=True
+)
 
 
 @app.command("create")

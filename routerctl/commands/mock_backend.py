@@ -101,6 +101,6 @@ async def _serve(backend: MockBackend, host: str, port: int) -> None:
 
 
 if __name__ == "__main__":  # `python -m routerctl.commands.mock_backend`, used by the tests
-    _app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    _app = typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)
     _app.command()(mock_backend)
     _app()

@@ -22,6 +22,7 @@ from routerctl.commands.admin_view import (
 )
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="List, pin and clear routing overrides (admin API, $ROUTERCTL_TOKEN).",
     no_args_is_help=True,
 )

@@ -100,7 +100,7 @@ def _override(loaded: LoadedConfig, listen: str | None, metrics_listen: str | No
     settings = msgspec.structs.replace(
         loaded.settings, server=msgspec.structs.replace(server, **changes)
     )
-    return LoadedConfig(settings, loaded.credentials, loaded.source)
+    return LoadedConfig(settings, loaded.credentials, loaded.source, server_overrides=changes)
 
 
 def _demo_banner(loaded: LoadedConfig) -> None:

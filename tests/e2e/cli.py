@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tests.services import free_port
@@ -55,6 +55,14 @@ class RouterProcess:
         return self.process.wait(timeout)
 
 
+def kill_group(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and everything in its group, then reap it. A one-file binary is a
+    bootloader whose child runs Python; SIGKILL cannot be forwarded, so the child would live on."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # the leader is unreaped, so its pid is ours
+    process.wait(10)
+
+
 @contextmanager
 def router_process(
     args: Sequence[str],
@@ -72,15 +80,14 @@ def router_process(
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
+            start_new_session=True,  # a group of its own: see kill_group
         )
     router = RouterProcess(process, port, log)
     try:
         _wait_healthy(router)
         yield router
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
+        kill_group(process)
 
 
 def _wait_healthy(router: RouterProcess, timeout: float = 20) -> None:
@@ -108,6 +115,7 @@ def mock_backend_process(tmp: Path, command: Sequence[str] | None = None) -> Ite
             [*(command or routerctl_command()), "mock-backend", "--port", str(port)],
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a group of its own: see kill_group
         )
     try:
         deadline = time.monotonic() + 20
@@ -125,5 +133,4 @@ def mock_backend_process(tmp: Path, command: Sequence[str] | None = None) -> Ite
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+            kill_group(process)

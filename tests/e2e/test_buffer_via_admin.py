@@ -8,25 +8,16 @@ import os
 import subprocess
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from appliance.auth.keyring import hash_key
-from tests.e2e.cli import mock_backend_process, router_process, routerctl_command
+from tests.e2e.cli import router_process, routerctl_command
 from tests.integration.test_usage_sinks import consume
 from tests.services import KafkaBroker
 
 OPERATOR = "rka-e2e-operator-token"
 VIEWER = "rka-e2e-viewer-token"
 ORG_KEY = "rk-e2e-buffer-key"
-
-
-@pytest.fixture(scope="module")
-def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with mock_backend_process(tmp_path_factory.mktemp("mock")) as url:
-        yield url
 
 
 def config(tmp: Path, mock_url: str, bootstrap: str, topic: str) -> Path:

@@ -6,20 +6,12 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.e2e.cli import mock_backend_process, router_process, run_cli
-
-
-@pytest.fixture(scope="module")
-def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`routerctl mock-backend` as its own process."""
-    with mock_backend_process(tmp_path_factory.mktemp("mock")) as url:
-        yield url
+from tests.e2e.cli import router_process, run_cli
 
 
 def write_config(tmp: Path, mock_url: str, key_lines: str, graceful_s: float) -> Path:

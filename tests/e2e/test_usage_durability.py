@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,17 +14,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from appliance.auth.keyring import hash_key
-from tests.e2e.cli import mock_backend_process, router_process
+from tests.e2e.cli import router_process
 from tests.services import KafkaBroker, free_port
 
 KEY = "rk-e2e-usage"
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="module")
-def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with mock_backend_process(tmp_path_factory.mktemp("mock")) as url:
-        yield url
 
 
 def config(tmp: Path, mock_url: str, bootstrap: str, topic: str, metrics_port: int) -> Path:

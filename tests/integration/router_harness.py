@@ -34,6 +34,7 @@ def base_config(
     state_dir: str = "",
     extra: str = "",
     state_extra: str = "",
+    telemetry_extra: str = "",
 ) -> str:
     """A config with model `chat` over the given mocks, orgs, keys and one dead backend."""
     backends = "".join(
@@ -56,6 +57,7 @@ graceful_shutdown_s = 1
 
 [telemetry]
 log_level = "warning"
+{telemetry_extra}
 
 [state]
 dir = "{state_dir}"
@@ -141,6 +143,8 @@ async def running_router(
     state_dir: str | None = None,
     state_extra: str = "",
     metrics_listener: bool = False,
+    telemetry_extra: str = "",
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RouterUnderTest]:
     """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
     mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
@@ -160,8 +164,10 @@ async def running_router(
             state_dir=state_dir or own_state.name,
             extra=extra,
             state_extra=state_extra,
+            telemetry_extra=telemetry_extra,
         )
-        loaded = load_text(text, "test.toml", {"TEST_BACKEND_KEY": BACKEND_SECRET})
+        env = {"TEST_BACKEND_KEY": BACKEND_SECRET, **(environ or {})}
+        loaded = load_text(text, "test.toml", env)
         built = build_app(loaded)
         config = hypercorn_config(loaded.settings.server)
         task = asyncio.create_task(serve(built.asgi, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]

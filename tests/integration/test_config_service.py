@@ -110,6 +110,9 @@ async def test_a_pushed_weight_reaches_every_replica(etcd_server: EtcdServer) ->
     """One etcd write changes the weight on both replicas; health state survives it."""
     async with cluster(etcd_server.url) as (client, prefix, routers):
         assert [await status_of(routers[0]) for _ in range(6)] == [200] * 6
+        report = await routers[1].state.readiness.check()  # models from etcd count
+        assert report.ready, report
+        assert report.components["config_service"] == "healthy"
         states = {b: routers[0].state.registry.get(b) for b in ("m0", "m1")}
         seen = {b: s.ewma_s for b, s in states.items()}
         assert any(v is not None for v in seen.values())

@@ -105,6 +105,17 @@ def test_recovering_probe_returns_an_ejected_backend_early() -> None:
     assert reg.get("b0").routable(2)
 
 
+def test_a_restart_seen_by_probes_returns_a_healthy_backend_at_the_threshold() -> None:
+    """Healthy, ejected, probes fail then pass healthy_threshold times: back at once."""
+    reg = registry(consecutive_failures=1, base_ejection_s=30, healthy_threshold=2)
+    reg.record_probe("b0", ok=True, now=0)
+    fail(reg, "b0", 1, now=0)
+    reg.record_probe("b0", ok=False, now=1)  # down (restarting)
+    assert reg.record_probe("b0", ok=True, now=2) is False  # one success: not yet
+    assert reg.record_probe("b0", ok=True, now=3) is True  # the threshold: back early
+    assert reg.get("b0").routable(3)
+
+
 def test_probe_that_never_failed_does_not_undo_an_ejection() -> None:
     """A backend whose health check passes while its requests fail stays ejected."""
     reg = registry(consecutive_failures=1, base_ejection_s=30)

@@ -139,8 +139,17 @@ def test_bad_listen_in_file() -> None:
 def test_settings_not_enforced_yet_are_refused() -> None:
     """Features this version cannot honour yet are refused rather than silently ignored."""
     text = GOOD.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8080"\nworkers = 2')
-    text += '\n[telemetry]\notlp_endpoint = "http://collector:4317"\n'
     assert problems_of(text, {"A_KEY": "x"}) == [
         "r.toml:4: server.workers: not supported by this version yet; leave the default",
-        "r.toml:24: telemetry.otlp_endpoint: not supported by this version yet; leave the default",
+    ]
+
+
+def test_otlp_endpoint_is_accepted_when_http() -> None:
+    """Tracing is supported: an http(s) OTLP endpoint passes, anything else is refused."""
+    good = GOOD + '\n[telemetry]\notlp_endpoint = "http://collector:4318"\n'
+    loaded = load_text(good, "r.toml", {"A_KEY": "x"})
+    assert loaded.settings.telemetry.otlp_endpoint == "http://collector:4318"
+    bad = GOOD + '\n[telemetry]\notlp_endpoint = "collector:4317"\n'
+    assert problems_of(bad, {"A_KEY": "x"}) == [
+        "r.toml:23: telemetry.otlp_endpoint: must start with http(s):// (OTLP/HTTP)"
     ]

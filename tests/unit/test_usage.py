@@ -63,3 +63,38 @@ def test_scanner_handles_crlf() -> None:
     scanner.finish()
     assert scanner.done
     assert scanner.usage == Usage(7, 2)
+
+
+FINISHING = (
+    b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n'
+    b'data: {"choices":[{"delta":{},"finish_reason": "length"}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def test_finish_reasons_are_read_only_when_asked() -> None:
+    """Finish reasons of a JSON answer (for tracing) come with its usage, and only on demand."""
+    body = (
+        b'{"choices":[{"message":{"content":"x"},"finish_reason":"stop"},'
+        b'{"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}'
+    )
+    assert usage_from_json(body, finish_reasons=True) == Usage(3, 4, ("stop", "length"))
+    assert usage_from_json(body) == Usage(3, 4)
+    assert usage_from_json(b'{"choices":[{"finish_reason":"stop"}]}', True) is None
+
+
+def test_scanner_reads_finish_reasons_before_or_after_usage() -> None:
+    """A stream's finish reason joins its usage whichever event comes first; null ones and
+    streams not asked for them give none."""
+    asked = StreamScanner(finish_reasons=True)
+    asked.feed(FINISHING)
+    assert asked.usage == Usage(7, 2, ("length",))
+    usage_first = FINISHING.split(b"\n\n")
+    reordered = b"\n\n".join([usage_first[0], usage_first[2], usage_first[1], *usage_first[3:]])
+    late = StreamScanner(finish_reasons=True)
+    late.feed(reordered)
+    assert late.usage == Usage(7, 2, ("length",))
+    plain = StreamScanner()
+    plain.feed(FINISHING)
+    assert plain.usage == Usage(7, 2)
