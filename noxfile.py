@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, typecheck, bench; each installs the project into its own venv."""
+"""Sessions: tests, lint, typecheck, binary, bench; each installs the project into its own venv."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the appliance and the CLI."""
     _install(session, ".[dev]")
     session.run("mypy", "--strict", "appliance", "routerctl")
+
+
+@nox.session
+def binary(session: nox.Session) -> None:
+    """One-file PyInstaller executable dist/routerctl, version, commit and build time baked in."""
+    _install(session, ".[binary]")
+    session.run("python", "packaging/pyinstaller/build.py", *session.posargs)
 
 
 @nox.session

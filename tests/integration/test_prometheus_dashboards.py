@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
+from tests import tools
 from tests.integration import metrics_workload as workload
 from tests.integration.router_harness import RouterUnderTest, running_router
 from tests.services import _HTTP, ServiceProcess
@@ -35,7 +34,6 @@ SCRAPE_INTERVAL_S = 1
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "1s", "$__range": "5m"}
 RUNBOOK = re.compile(r"^docs/runbooks\.md#[a-z0-9-]+$")
 _WAIT_S = 30.0
-APT_HINT = "install the Debian package: apt-get install -y prometheus (prometheus + promtool)"
 # What on-call needs on the dashboard (issue 7): each must feed at least one panel.
 REQUIRED_IN_PANELS = (
     "router_http_requests_total",  # request rate, errors by status
@@ -64,12 +62,10 @@ REQUIRED_ALERTS = (
 
 
 def prometheus_binaries() -> tuple[Path, Path]:
-    """prometheus and promtool on PATH; the test fails (never skips) without them."""
-    found = {name: shutil.which(name) for name in ("prometheus", "promtool")}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: {APT_HINT}", pytrace=False)
-    return Path(str(found["prometheus"])), Path(str(found["promtool"]))
+    """prometheus and promtool on PATH (CI installs them; see tests/tools.py)."""
+    return tools.debian_tool("prometheus", "prometheus"), tools.debian_tool(
+        "promtool", "prometheus"
+    )
 
 
 class PrometheusServer(ServiceProcess):
