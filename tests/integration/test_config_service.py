@@ -174,10 +174,12 @@ async def test_etcd_outage_keeps_serving_and_readiness_follows(etcd_server: Etcd
             await eventually(lambda r=router: not r.state.config_service.etcd.connected, "noticed")  # type: ignore[union-attr,misc]
             report = await router.state.readiness.check()
             assert report.components["config_service"] == "unhealthy"
+            assert not report.ready  # 503: every configured component counts by default
             assert await status_of(router) == 200
         etcd_server.start()
         for router in routers:
             await eventually(lambda r=router: r.state.config_service.etcd.connected, "back")  # type: ignore[union-attr,misc]
+            await eventually(lambda r=router: _ready(r), "ready again")
 
 
 async def test_key_rotation_reaches_every_replica(etcd_server: EtcdServer) -> None:
@@ -190,6 +192,10 @@ async def test_key_rotation_reaches_every_replica(etcd_server: EtcdServer) -> No
         await client.delete(f"{prefix}keys/k-new")
         for router in routers:
             await eventually(lambda r=router: _refused(r, NEW_KEY), "removed key refused")
+
+
+async def _ready(router: RouterUnderTest) -> bool:
+    return (await router.state.readiness.check()).ready
 
 
 async def _works(router: RouterUnderTest, key: str) -> bool:
