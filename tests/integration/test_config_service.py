@@ -120,6 +120,7 @@ async def test_a_pushed_weight_reaches_every_replica(etcd_server: EtcdServer) ->
         await client.txn_put_delete(documents(prefix, urls, {"m0": 5.0}))
         took = [await eventually(lambda r=r: weight(r, "m0") == 5.0, "weight 5") for r in routers]
         assert max(took) < WAIT_S
+        print(f"weight reached the replicas after {', '.join(f'{t * 1000:.0f} ms' for t in took)}")
         for backend, state in states.items():  # the same state: latency history kept
             assert routers[0].state.registry.get(backend) is state
             assert state.ewma_s == seen[backend]
