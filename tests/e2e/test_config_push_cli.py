@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,10 @@ from appliance.configsvc.documents import parse_document
 from appliance.configsvc.etcd_client import EtcdClient, Snapshot
 from appliance.settings import ApiKey, Backend
 from tests.e2e.cli import run_cli
-from tests.services import EtcdServer, etcd_binary, free_port
+from tests.services import EtcdServer, free_port
 
 SHA_K1 = "a1" * 32
 SHA_K2 = "b2" * 32
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    """An etcd member for this module (restored by restore_services after a stop)."""
-    server = EtcdServer(etcd_binary(), tmp_path_factory.mktemp("etcd"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.retire()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import redis
 from appliance.limits.redis_store import BUCKET_LUA
 from appliance.usage.sqlite_outbox import SqliteOutbox
 from tests.e2e.cli import mock_backend_process, router_process, run_cli
-from tests.services import EtcdServer, KafkaBroker, RedisServer, etcd_binary, free_port
+from tests.services import EtcdServer, KafkaBroker, RedisServer, free_port
 
 ROW_KEYS = {"check", "target", "status", "detail", "fix"}
 STATUSES = {"pass", "warn", "fail", "skip"}
@@ -31,17 +31,6 @@ def backend_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A `routerctl mock-backend` process serving model "demo"; its base URL with /v1."""
     with mock_backend_process(tmp_path_factory.mktemp("mock")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    """An etcd member for this module (restored by restore_services after a stop)."""
-    server = EtcdServer(etcd_binary(), tmp_path_factory.mktemp("etcd"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.retire()
 
 
 def config_service(etcd: EtcdServer) -> str:

@@ -27,19 +27,9 @@ from tests.e2e.test_runbook_drills import (
     readyz,
     wait_for,
 )
-from tests.services import EtcdServer, etcd_binary, free_port
+from tests.services import EtcdServer, free_port
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(etcd_binary(), tmp_path_factory.mktemp("etcd"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.retire()
 
 
 @pytest.fixture
