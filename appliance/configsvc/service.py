@@ -58,9 +58,7 @@ class ConfigService:
         self._lock = asyncio.Lock()  # one reload at a time
 
     async def open(self) -> None:
-        await self.start()
-
-    async def start(self) -> None:
+        """Apply the config's live source: the file, or etcd (or its cache) then the watch."""
         if self.etcd is None:
             self._observer.applied(0, "file", self._clock())
             return
@@ -73,12 +71,9 @@ class ConfigService:
             )
         await self.etcd.start(self._start_timeout_s)
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         if self.etcd is not None:
             await self.etcd.stop()
-
-    async def close(self) -> None:
-        await self.stop()
 
     async def reload_file(self) -> ReloadResult:
         """Re-read the config file and apply what can change live; ReloadRefused if invalid."""

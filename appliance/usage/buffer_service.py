@@ -62,9 +62,11 @@ class BufferService:
         """Publish now through the router's own publisher (never beside it: one batch at a
         time, so nothing is sent twice by us). Raises SinkError when the sink fails."""
         if dry_run:
-            waiting = sum(n for _, n, _, _ in await self._outbox.topic_rows())
+            waiting = await self._waiting()
             would = waiting if limit is None else min(limit, waiting)
             return ReplayResult(self._sink, True, would, waiting)
         published = await self._publisher.replay_now(limit)
-        remaining = sum(n for _, n, _, _ in await self._outbox.topic_rows())
-        return ReplayResult(self._sink, False, published, remaining)
+        return ReplayResult(self._sink, False, published, await self._waiting())
+
+    async def _waiting(self) -> int:
+        return sum(n for _, n, _, _ in await self._outbox.topic_rows())
