@@ -51,15 +51,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def start_tansu(stack: ExitStack, tmp: Path, binary: str) -> tuple[Service, str]:
-    """Start Tansu (memory store) and create TOPICS; returns it and its bootstrap host:port."""
+def start_tansu(stack: ExitStack, tmp: Path, binary: str, row: str) -> tuple[Service, str]:
+    """Start Tansu (memory store) for router row `row` and create TOPICS; returns it and its
+    bootstrap host:port."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     argv = [
         binary, "broker", "--storage-engine", "memory://tansu/",
         "--listener-url", url, "--advertised-listener-url", url,
     ]  # fmt: skip
-    service = spawn(stack, "tansu", argv, port, tmp, scheme="tcp", env=_env())
+    service = spawn(stack, f"tansu-{row}", argv, port, tmp, scheme="tcp", env=_env())
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while not _probe(port):
         if service.process.poll() is not None:

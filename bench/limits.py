@@ -37,16 +37,16 @@ def valkey_binary() -> str | None:
     return None
 
 
-def start_valkey(stack: ExitStack, tmp: Path, binary: str) -> tuple[Service, str]:
-    """Start valkey-server; returns it and its redis:// URL (database 0)."""
+def start_valkey(stack: ExitStack, tmp: Path, binary: str, row: str) -> tuple[Service, str]:
+    """Start valkey-server for router row `row`; returns it and its redis:// URL (database 0)."""
     port = free_port()
-    workdir = tmp / "valkey"
+    workdir = tmp / f"valkey-{row}"
     workdir.mkdir()
     argv = [
         binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--dir", str(workdir), "--daemonize", "no", "--logfile", "",
     ]  # fmt: skip
-    service = spawn(stack, "valkey", argv, port, tmp, scheme="redis")
+    service = spawn(stack, f"valkey-{row}", argv, port, tmp, scheme="redis")
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if service.process.poll() is not None:

