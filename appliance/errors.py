@@ -67,6 +67,14 @@ class InvalidJson(InvalidRequest):
     default_message = "The request body is not valid JSON."
 
 
+class RequestExceedsLimit(InvalidRequest):
+    """A request larger than a whole minute of its tokens-per-minute limit: it could never
+    be admitted, so it is refused outright (400, not a retriable 429) and reserves nothing."""
+
+    code = "request_exceeds_limit"
+    default_message = "The request needs more tokens than its tokens-per-minute limit allows."
+
+
 class InvalidApiKey(RouterError):
     status = 401
     type = "invalid_request_error"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from appliance.telemetry.spans import RequestTrace
+    from appliance.usage.record import Bill
 
 CONTEXT_KEY = "routerctl.context"
 
@@ -54,6 +55,8 @@ class RequestContext:
     traceparent: str | None = None
     tracestate: str | None = None
     trace: RequestTrace | None = None
+    # Settles the request's limits with its bill; called once, when its record is built.
+    settle: Callable[[Bill], None] | None = None
     # Run once the response is over, however it ended (a stream never read included).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 

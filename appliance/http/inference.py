@@ -8,7 +8,7 @@ import msgspec
 from quart import Blueprint, Response, request
 
 from appliance.auth.keyring import Principal
-from appliance.errors import ModelNotFound, RouterError, UsageBufferFull
+from appliance.errors import ModelNotFound, UsageBufferFull
 from appliance.http.context import RequestContext, request_context
 from appliance.limits.limiter import Limiter, Permit
 from appliance.limits.policy import estimate_tokens
@@ -51,20 +51,20 @@ def inference_blueprint(
         context.estimate_prompt, context.estimate_completion = estimate - completion, completion
         permit = await _admit(limiter, principal, estimate, context)
         context.cleanups.append(lambda: limiter.release(permit))
+        # Every admitted request is settled exactly once, by its bill, however it ends.
+        context.settle = lambda charged: limiter.settle(
+            permit, charged.prompt_tokens, charged.completion_tokens, route.prices
+        )
         hooks = RequestHooks(
             on_decision=_decision_recorder(context),
-            on_done=_usage_recorder(context, limiter, permit, route.prices),
+            on_done=_usage_recorder(context),
             on_progress=_progress_recorder(context),
             defer=context.cleanups.append,
             on_upstream_time=context.add_upstream_time,
             trace=context.trace,
             trace_headers=_client_trace(context) if context.traceparent is not None else None,
         )
-        try:
-            relayed = await forwarder.forward(parsed, route, context.request_id, hooks)
-        except RouterError:
-            limiter.settle(permit, 0, 0, route.prices)  # no backend served it: refund
-            raise
+        relayed = await forwarder.forward(parsed, route, context.request_id, hooks)
         if relayed.stream is None:
             return Response(
                 relayed.body,
@@ -159,14 +159,11 @@ def _progress_recorder(context: RequestContext) -> Callable[[Usage | None, int],
     return record
 
 
-def _usage_recorder(
-    context: RequestContext, limiter: Limiter, permit: Permit, prices: tuple[float, float]
-) -> Callable[[Usage | None, str], None]:
+def _usage_recorder(context: RequestContext) -> Callable[[Usage | None, str], None]:
     def record(usage: Usage | None, outcome: str) -> None:
         context.outcome = outcome
         if usage is not None:
             context.prompt_tokens = usage.prompt_tokens
             context.completion_tokens = usage.completion_tokens
-            limiter.settle(permit, usage.prompt_tokens, usage.completion_tokens, prices)
 
     return record

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from appliance.http.context import RequestContext
-from appliance.usage.record import RequestFacts
+from appliance.usage.record import RequestFacts, bill
 
 _BYTES_PER_TOKEN = 4  # JSON answers without usage: a rough count from the body size
 
@@ -39,19 +39,26 @@ def facts_from(context: RequestContext) -> RequestFacts:
         estimate_prompt_tokens=context.estimate_prompt,
         estimate_completion_tokens=completion_estimate,
         client_disconnected=context.client_disconnected,
+        events_relayed=context.events_relayed,
     )
 
 
 def usage_hook(
     record: Callable[[RequestFacts], Awaitable[None]],
 ) -> Callable[[RequestContext], Awaitable[None]]:
-    """The edge's hook: commit the request's usage record (a span of its own when traced)."""
+    """The edge's hook, called once per inference request as it ends: settle its limits with
+    the bill, then commit its usage record (a span of its own when traced)."""
 
     async def hook(context: RequestContext) -> None:
+        facts = facts_from(context)
+        if context.settle is not None:
+            # Before the write: a record that cannot be written must not keep tokens reserved.
+            settle, context.settle = context.settle, None
+            settle(bill(facts))
         trace = context.trace
         if trace is not None:
             trace.step("usage.record")
-        await record(facts_from(context))
+        await record(facts)
         if trace is not None:
             trace.step_done()
 

@@ -2,7 +2,8 @@
 
 The in-process store calls these functions; the Redis store's Lua script (redis_store.py)
 repeats them line by line, so both stores decide identically. A bucket that was never seen
-(or was forgotten because it refilled) is full.
+(or was forgotten because it refilled) is full. A bucket never holds less than 0 tokens: a
+charge beyond what it holds empties it, so no wait is ever longer than one full refill.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from appliance.limits.ports import Admission, BucketReading, BucketSpec
 
 @dataclass(frozen=True, slots=True)
 class BucketState:
-    """Tokens at `updated_at`; negative tokens are debt left by a large request."""
+    """Tokens at `updated_at`, between 0 and capacity."""
 
     tokens: float
     updated_at: float
@@ -51,7 +52,7 @@ def full_at(state: BucketState, capacity: float, refill_per_s: float) -> float:
 
 def reading(spec: BucketSpec, tokens: float, admitted: bool) -> BucketReading:
     """The reading for one bucket, from its tokens before the (possible) charge."""
-    remaining = tokens - spec.cost if admitted else tokens
+    remaining = max(0.0, tokens - spec.cost) if admitted else tokens
     # 0 when this bucket admits (even if another one denied the request).
     retry_after = seconds_until(tokens, min(spec.cost, spec.capacity), spec.refill_per_s)
     return BucketReading(
@@ -88,7 +89,10 @@ def take(
     ]
     admitted = all(admits(t, spec) for t, spec in zip(tokens, specs, strict=True))
     charged = (
-        tuple(BucketState(t - spec.cost, now) for t, spec in zip(tokens, specs, strict=True))
+        tuple(
+            BucketState(max(0.0, t - spec.cost), now)
+            for t, spec in zip(tokens, specs, strict=True)
+        )
         if admitted
         else None
     )
@@ -98,9 +102,9 @@ def take(
 def adjust(
     state: BucketState | None, capacity: float, refill_per_s: float, delta: float, now: float
 ) -> BucketState:
-    """Settle a request: add `delta` (negative charges more), capped at capacity, debt allowed."""
+    """Settle a request: add `delta` (negative charges more), kept between 0 and capacity."""
     tokens = refilled(state, capacity, refill_per_s, now)
-    return BucketState(min(capacity, tokens + delta), now)
+    return BucketState(max(0.0, min(capacity, tokens + delta)), now)
 
 
 __all__ = [

@@ -24,10 +24,11 @@ from appliance.errors import (
     ConcurrencyLimitExceeded,
     LimiterUnavailable,
     RateLimitExceeded,
+    RequestExceedsLimit,
 )
 from appliance.limits.budget import cost_usd
 from appliance.limits.budget_gate import BudgetGate
-from appliance.limits.policy import Limit, LimitPolicy, bucket_spec, rate_headers
+from appliance.limits.policy import Limit, LimitPolicy, bucket_spec, oversized, rate_headers
 from appliance.limits.ports import (
     Admission,
     BucketStore,
@@ -54,6 +55,7 @@ class Permit:
     store: BucketStore | None = None  # where the token buckets were charged
     slots: list[tuple[ConcurrencyStore, str]] = field(default_factory=list)
     request_id: str = ""
+    settled: bool = False  # the reservation is settled once, however the request ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,14 @@ class Limiter:
     async def admit(self, policy: LimitPolicy, estimate: int, request_id: str) -> Permit:
         """Admit or raise RateLimitExceeded / ConcurrencyLimitExceeded / BudgetExceeded."""
         started = self._monotonic()
+        too_big = oversized(policy.rates, estimate)
+        if too_big is not None:
+            raise RequestExceedsLimit(
+                f"This request needs an estimated {estimate} tokens (its input plus max_tokens), "
+                f"more than the tokens-per-minute limit of {too_big.scope} '{too_big.owner}' "
+                f"({too_big.value}). Lower max_tokens or shorten the input.",
+                param="max_tokens",
+            )
         permit = Permit(policy, estimate, {}, request_id=request_id)
         await self._check_budget(policy, request_id)
         enforced = tuple(lim for lim in policy.rates if not lim.shadow)
@@ -120,7 +130,11 @@ class Limiter:
     def settle(
         self, permit: Permit, prompt: int, completion: int, prices: tuple[float, float]
     ) -> None:
-        """After the response: true up tokens and record spend, in the background."""
+        """After the response: true up tokens and record spend, in the background; once per
+        permit (0 tokens gives the whole reservation back)."""
+        if permit.settled:
+            return
+        permit.settled = True
         self._spawn(self._settle(permit, prompt, completion, prices))
 
     def release(self, permit: Permit) -> None:

@@ -82,6 +82,18 @@ def bucket_spec(limit: Limit, estimate_tokens: int, share: float = 1.0) -> Bucke
     return BucketSpec(limit.key, capacity, capacity / _SECONDS_PER_MINUTE, cost)
 
 
+def oversized(limits: tuple[Limit, ...], estimate_tokens: int) -> Limit | None:
+    """The enforced tpm limit a request's estimate alone exceeds, if any.
+
+    Such a request could never pass: admitting it on a full bucket would leave a debt far
+    beyond one minute's refill and lock every other request of the org (or key) out.
+    """
+    for limit in limits:
+        if limit.name == "tpm" and not limit.shadow and estimate_tokens > limit.value:
+            return limit
+    return None
+
+
 def estimate_tokens(payload: dict[str, Any], max_tokens: int | None, default_max: int) -> int:
     """Prompt estimate (characters / 4) plus the completion the client allows."""
     chars = 0

@@ -32,7 +32,7 @@ class BucketReading:
 
     key: str
     capacity: float
-    remaining: float  # after the charge if admitted, else now; negative = in debt
+    remaining: float  # after the charge if admitted, else now; never below 0
     reset_s: float  # seconds until the bucket is full again
     retry_after_s: float  # 0 when this bucket admitted; else seconds until it would
 
@@ -52,12 +52,12 @@ class BucketStore(Protocol):
         """All or nothing: admitted only if every bucket admits its cost, then all are charged.
 
         A bucket admits when its tokens (after refill) are at least min(cost, capacity); the
-        full cost is then charged, so a large request may leave the bucket in debt.
+        full cost is then charged; a bucket never drops below 0 tokens.
         """
         ...
 
     async def adjust(self, key: str, capacity: float, refill_per_s: float, delta: float) -> None:
-        """Settle: add `delta` tokens (negative charges more), capped at capacity, debt allowed."""
+        """Settle: add `delta` tokens (negative charges more), kept between 0 and capacity."""
         ...
 
 

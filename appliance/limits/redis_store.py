@@ -52,6 +52,7 @@ local function seconds_until(tokens, target, refill)
 end
 
 local function store(key, tokens, capacity, refill)
+  tokens = math.max(0, tokens)  -- never below empty: no wait beyond one full refill
   redis.call('HSET', key, 'tokens', fmt(tokens), 'ts', fmt(now))
   local to_full = seconds_until(tokens, capacity, refill)
   if to_full == math.huge then
@@ -79,7 +80,7 @@ if ARGV[1] == 'take' then
   return reply
 elseif ARGV[1] == 'adjust' then
   local capacity, refill, delta = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-  local tokens = math.min(capacity, refilled(KEYS[1], capacity, refill) + delta)
+  local tokens = math.max(0, math.min(capacity, refilled(KEYS[1], capacity, refill) + delta))
   store(KEYS[1], tokens, capacity, refill)
   return {1, fmt(tokens)}
 end

@@ -43,6 +43,10 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: float
     ttft_ms: float | None
     client_disconnected: bool
+    # Added in 1 (additive): whether the request is charged at all, and whether it was cut
+    # short after content reached the client (billed for what was relayed).
+    billable: bool = False
+    partial: bool = False
 
 
 @dataclass(slots=True)
@@ -73,12 +77,51 @@ class RequestFacts:
     estimate_prompt_tokens: int = 0
     estimate_completion_tokens: int = 0
     client_disconnected: bool = False
+    events_relayed: int = 0  # SSE data events that reached the client (streams)
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """What a request is charged: tokens, where they came from, and whether it counts."""
+
+    token_source: TokenSource
+    prompt_tokens: int
+    completion_tokens: int
+    billable: bool
+    partial: bool
+
+    def cost_usd(self, prices: tuple[float, float]) -> float:
+        """USD at `prices` per 1k input and output tokens, rounded to 1e-10."""
+        # Rounded so sums of records do not carry float noise like ...0000004.
+        usd = (self.prompt_tokens * prices[0] + self.completion_tokens * prices[1]) / 1000.0
+        return round(usd, 10)
+
+
+_NOTHING = Bill("none", 0, 0, billable=False, partial=False)
+
+
+def bill(facts: RequestFacts) -> Bill:
+    """The billing rule (docs/usage-records.md#billing), one place for records and limits.
+
+    - No backend answered successfully (refused, every attempt failed, the backend's own
+      error relayed, the client left before an answer): nothing is charged.
+    - A complete success: the backend's reported usage, else the router's estimate.
+    - A stream cut after content reached the client (the backend broke or stalled, or the
+      client left): what was relayed, marked partial; a stream cut before any content
+      costs nothing.
+    """
+    if facts.backend is None or not 200 <= facts.status < 300:
+        return _NOTHING
+    cut = facts.stream and (facts.error_code is not None or facts.client_disconnected)
+    if cut and facts.events_relayed == 0:
+        return _NOTHING
+    source, prompt, completion = _tokens(facts)
+    return Bill(source, prompt, completion, billable=True, partial=cut)
 
 
 def build_record(facts: RequestFacts, prices: tuple[float, float]) -> UsageRecord:
     """The record for `facts`; `prices` are USD per 1k input and output tokens."""
-    source, prompt, completion = _tokens(facts)
-    price_in, price_out = prices
+    charged = bill(facts)
     # A record must never be lost for want of an end time: fall back to the last moment seen.
     ended_at = facts.ended_at
     if ended_at is None:
@@ -102,15 +145,16 @@ def build_record(facts: RequestFacts, prices: tuple[float, float]) -> UsageRecor
         status=facts.status,
         error_code=facts.error_code,
         stream=facts.stream,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        token_source=source,
-        # Rounded to 1e-10 USD so sums of records do not carry float noise like ...0000004.
-        cost_usd=round((prompt * price_in + completion * price_out) / 1000.0, 10),
+        prompt_tokens=charged.prompt_tokens,
+        completion_tokens=charged.completion_tokens,
+        total_tokens=charged.prompt_tokens + charged.completion_tokens,
+        token_source=charged.token_source,
+        cost_usd=charged.cost_usd(prices),
         latency_ms=max(0.0, (ended_at - facts.started_at) * 1000.0),
         ttft_ms=ttft_ms,
         client_disconnected=facts.client_disconnected,
+        billable=charged.billable,
+        partial=charged.partial,
     )
 
 
@@ -120,15 +164,12 @@ def _tokens(facts: RequestFacts) -> tuple[TokenSource, int, int]:
         prompt = _first(facts.prompt_tokens, facts.estimate_prompt_tokens)
         completion = _first(facts.completion_tokens, facts.estimate_completion_tokens)
         return "reported", max(0, prompt), max(0, completion)
-    if facts.backend is not None and facts.first_byte_at is not None:
-        # The backend answered (fully or until the client left) without usage: bill our count.
-        return (
-            "estimated",
-            max(0, facts.estimate_prompt_tokens),
-            max(0, facts.estimate_completion_tokens),
-        )
-    # Refused before any backend, or no backend ever answered: nothing was consumed.
-    return "none", 0, 0
+    # Answered without usage: our count (the completion from what was relayed).
+    return (
+        "estimated",
+        max(0, facts.estimate_prompt_tokens),
+        max(0, facts.estimate_completion_tokens),
+    )
 
 
 def _first(reported: int | None, estimate: int) -> int:

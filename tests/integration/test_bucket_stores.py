@@ -114,25 +114,28 @@ async def test_all_or_nothing_across_buckets(store: Store) -> None:
     assert burst == [True, True, True, False]
 
 
-async def test_cost_above_capacity_is_admitted_when_full_then_leaves_debt(
+async def test_cost_above_capacity_is_admitted_when_full_then_empties_it(
     store: Store,
 ) -> None:
-    """A request bigger than the burst passes a full bucket and later ones wait out the debt."""
+    """A request bigger than the burst passes a full bucket and empties it, without debt."""
     big = await store.take([spec("a", refill=0.5, cost=25)])
     assert big.admitted
-    assert big.readings[0].remaining == pytest.approx(-15, abs=0.01)
+    assert big.readings[0].remaining == pytest.approx(0, abs=0.01)
     after = await store.take([spec("a", refill=0.5)])
     assert not after.admitted
-    assert after.retry_after_s == pytest.approx(32, abs=0.05)  # (1 - -15) / 0.5
+    assert after.retry_after_s == pytest.approx(2, abs=0.05)  # (1 - 0) / 0.5
 
 
-async def test_adjust_settles_with_debt_and_caps_refunds(store: Store) -> None:
-    """adjust starts a new bucket full, can leave debt, and refunds only up to capacity."""
+async def test_adjust_settles_down_to_empty_and_caps_refunds(store: Store) -> None:
+    """adjust starts a new bucket full, stops at empty, and refunds only up to capacity."""
     await store.adjust("a", 10, SLOW, -4)
     probe = await store.take([spec("a", cost=0)])
     assert probe.readings[0].remaining == pytest.approx(6, abs=1e-3)
-    await store.adjust("a", 10, SLOW, -20)
-    assert not (await store.take([spec("a")])).admitted
+    await store.adjust("a", 10, SLOW, -1e12)
+    empty = await store.take([spec("a")])
+    assert not empty.admitted
+    assert empty.readings[0].remaining == pytest.approx(0, abs=1e-3)
+    assert empty.retry_after_s <= 1 / SLOW  # one token's refill, not a trillion tokens' worth
     await store.adjust("a", 10, SLOW, 1000)
     full = await store.take([spec("a", cost=10)])
     assert full.admitted
@@ -227,11 +230,11 @@ async def test_redis_idle_keys_expire_once_refilled(client: aioredis.Redis, pref
     """PEXPIRE is time-to-full + 1 s, so a key lives while it refills and vanishes after."""
     store = RedisBucketStore(client, prefix=prefix, timeout_s=2.0)
     key = f"{prefix}a"
-    await store.take([spec("a", capacity=2, refill=20, cost=2)])  # full again in 0.1 s
+    await store.take([spec("a", capacity=40, refill=20, cost=2)])  # full again in 0.1 s
     assert 1000 < await client.pttl(key) <= 1100
-    await store.adjust("a", 2, 20, -20)  # about 2 s to full
+    await store.adjust("a", 40, 20, -40)  # empty: about 2 s to full
     assert 1900 < await client.pttl(key) <= 3100
-    await store.adjust("a", 2, 20, 100)  # full now
+    await store.adjust("a", 40, 20, 100)  # full now
     assert 900 < await client.pttl(key) <= 1000
     started = time.monotonic()
     while await client.exists(key):

@@ -87,15 +87,16 @@ def test_all_or_nothing_across_buckets() -> None:
     assert result.retry_after_s == 10.0
 
 
-def test_cost_above_capacity_is_admitted_when_full_then_leaves_debt() -> None:
-    """A request larger than the burst passes a full bucket and leaves it in debt."""
+def test_cost_above_capacity_is_admitted_when_full_then_empties_it() -> None:
+    """A request larger than the burst passes a full bucket and empties it, without debt."""
     buckets = Buckets()
     [reading] = buckets.take(0.0, spec(cost=25)).readings
-    assert (reading.remaining, reading.reset_s) == (-15.0, 12.5)
-    later = buckets.take(1.0, spec(cost=1))
+    assert (reading.remaining, reading.reset_s) == (0.0, 5.0)
+    later = buckets.take(0.25, spec(cost=1))
     assert not later.admitted
-    assert later.readings[0].remaining == -13.0
-    assert later.retry_after_s == 7.0  # (1 - -13) / 2
+    assert later.readings[0].remaining == 0.5
+    assert later.retry_after_s == 0.25  # (1 - 0.5) / 2
+    assert buckets.take(0.5, spec(cost=1)).admitted
 
 
 def test_cost_above_capacity_waits_for_a_full_bucket() -> None:
@@ -108,15 +109,26 @@ def test_cost_above_capacity_waits_for_a_full_bucket() -> None:
     assert buckets.take(2.0, spec(cost=25)).admitted
 
 
-def test_adjust_allows_debt_and_caps_refunds() -> None:
-    """adjust subtracts without a floor and adds up to capacity; an absent bucket starts full."""
+def test_adjust_stops_at_empty_and_caps_refunds() -> None:
+    """adjust subtracts down to 0 and adds up to capacity; an absent bucket starts full."""
     buckets, s = Buckets(), spec()
     buckets.adjust(0.0, s, -30)
-    assert buckets.states["b"] == BucketState(-20.0, 0.0)
+    assert buckets.states["b"] == BucketState(0.0, 0.0)
     buckets.adjust(1.0, s, 5)
-    assert buckets.states["b"] == BucketState(-13.0, 1.0)
+    assert buckets.states["b"] == BucketState(7.0, 1.0)
     buckets.adjust(2.0, s, 1000)
     assert buckets.states["b"] == BucketState(10.0, 2.0)
+
+
+def test_no_wait_is_longer_than_one_full_refill() -> None:
+    """However much a settlement overshoots, a request within capacity waits at most
+    capacity / refill (Retry-After never locks a key out for longer than a minute's refill)."""
+    buckets, s = Buckets(), spec(cost=10)
+    buckets.take(0.0, s)
+    buckets.adjust(0.0, s, -1e12)  # a backend reporting absurd usage
+    denied = buckets.take(0.0, s)
+    assert not denied.admitted
+    assert denied.retry_after_s == 5.0  # capacity 10 / refill 2
 
 
 def test_a_clock_stepping_back_neither_refills_nor_drains() -> None:
@@ -158,30 +170,29 @@ def _admitted_takes(
 
 
 # The bound, proved: order the admitted takes with times in [t0, t1] as 1..k. Tokens before
-# take 1 are <= capacity; take i removes c_i; denials change nothing; refill (capped) adds at
-# most refill*(t_k - t_1); take k needs at least min(c_k, capacity) before it. So
-#   c_1 + ... + c_(k-1) <= capacity - min(c_k, capacity) + refill*(t_k - t_1), hence
-#   c_1 + ... + c_k     <= capacity + refill*(t1 - t0) + max(0, c_k - capacity).
-# Only the window's last take can overdraw, by what it costs beyond capacity; when costs are
-# <= capacity the classic bound capacity + refill*(t1 - t0) holds exactly.
+# take 1 are <= capacity; an admitted take i removes c_i when c_i <= capacity, and empties a
+# full bucket (removes capacity) when c_i > capacity; denials change nothing; refill (capped)
+# adds at most refill*(t_k - t_1); take k needs at least min(c_k, capacity) before it. So
+# with e_i = c_i - max(0, c_i - capacity), what each take removes at least:
+#   e_1 + ... + e_k <= capacity + refill*(t1 - t0), hence
+#   c_1 + ... + c_k <= capacity + refill*(t1 - t0) + sum of max(0, c_i - capacity).
+# When costs are <= capacity (the limiter refuses tpm requests above it) the classic bound
+# capacity + refill*(t1 - t0) holds exactly; each overdraw needs a full bucket first.
 @given(capacities, refills, st.lists(st.tuples(steps, costs), max_size=60))
 def test_admitted_cost_in_any_window_is_bounded(
     capacity: float, refill: float, ops: list[tuple[float, float]]
 ) -> None:
-    """Admitted cost over [t0, t1] <= capacity + refill*(t1 - t0) + max(0, c_last - capacity)."""
+    """Admitted cost over [t0, t1] <= capacity + refill*(t1 - t0) + each cost's excess."""
     admitted = _admitted_takes(capacity, refill, ops)
     times = sorted({t for t, _ in admitted})
     for i, t0 in enumerate(times):
         for t1 in times[i:]:
             window = [c for t, c in admitted if t0 <= t <= t1]
-            overdraft = max(0.0, window[-1] - capacity)
+            overdraft = sum(max(0.0, c - capacity) for c in window)
             bound = capacity + refill * (t1 - t0) + overdraft
             assert sum(window) <= bound * (1 + 1e-9) + 1e-9
-            # The corollary callers use: at most one largest cost beyond the classic bound.
-            assert (
-                sum(window)
-                <= capacity + refill * (t1 - t0) + max(0.0, max(window) - capacity) + bound * 1e-9
-            )
+            if all(c <= capacity for c in window):  # the classic bound
+                assert sum(window) <= (capacity + refill * (t1 - t0)) * (1 + 1e-9) + 1e-9
 
 
 @given(

@@ -69,7 +69,7 @@ def test_a_lone_reported_number_is_completed_from_the_estimate() -> None:
 
 def test_unreported_usage_of_an_answered_request_is_estimated() -> None:
     """A backend that answered without usage (or a client that left mid-stream) is estimated."""
-    record = build_record(served(client_disconnected=True), PRICES)
+    record = build_record(served(client_disconnected=True, events_relayed=40), PRICES)
     assert record.token_source == "estimated"
     assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (90, 40, 130)
     assert record.cost_usd == pytest.approx(90 * 0.5 / 1000 + 40 * 1.5 / 1000)
