@@ -9,6 +9,7 @@ from appliance.limits.policy import (
     bucket_spec,
     estimate_tokens,
     format_duration,
+    oversized,
     rate_headers,
 )
 from appliance.limits.ports import BucketReading
@@ -32,6 +33,19 @@ def test_bucket_spec_is_one_minute_of_the_limit() -> None:
     tpm = Limit("key", "k", "tpm", 6000, shadow=False)
     assert bucket_spec(tpm, 100, share=0.5).capacity == 3000
     assert bucket_spec(tpm, 100).cost == 100
+
+
+def test_oversized_names_the_enforced_tpm_limit_an_estimate_exceeds() -> None:
+    """Only an enforced tpm limit below the estimate refuses it; rpm and shadow limits never do."""
+    rpm = Limit("org", "acme", "rpm", 10, shadow=False)
+    shadow = Limit("org", "acme", "tpm", 50, shadow=True)
+    org = Limit("org", "acme", "tpm", 1000, shadow=False)
+    key = Limit("key", "k", "tpm", 200, shadow=False)
+    limits = (rpm, shadow, org, key)
+    assert oversized(limits, 200) is None  # exactly the limit still fits a full bucket
+    assert oversized(limits, 201) == key
+    assert oversized(limits, 5000) == org  # the first one in policy order: org before key
+    assert oversized((rpm, shadow), 10**12) is None
 
 
 def test_estimate_counts_text_and_max_tokens() -> None:
