@@ -45,6 +45,7 @@ from appliance.settings_loader import LoadedConfig
 from appliance.telemetry.config_metrics import ConfigMetrics
 from appliance.telemetry.limit_metrics import BudgetLimits
 from appliance.telemetry.logging import get_logger
+from appliance.telemetry.loop_lag import LoopLagMonitor
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.routing_metrics import RoutingMetrics
 from appliance.telemetry.tracing import OtelTracing
@@ -180,6 +181,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         )
     )
     _register_admin(app, state, state_dir)
+    loop_lag = LoopLagMonitor(metrics.registry)
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
@@ -198,6 +200,8 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
             parts.push_async_callback(state.limits.close)
             state.health.start()
             parts.push_async_callback(state.health.stop)
+            loop_lag.start()
+            parts.callback(loop_lag.stop)
             yield
 
     access_log = access_logger(settings.telemetry.access_log)
