@@ -90,8 +90,7 @@ def take(
     admitted = all(admits(t, spec) for t, spec in zip(tokens, specs, strict=True))
     charged = (
         tuple(
-            BucketState(max(0.0, t - spec.cost), now)
-            for t, spec in zip(tokens, specs, strict=True)
+            BucketState(max(0.0, t - spec.cost), now) for t, spec in zip(tokens, specs, strict=True)
         )
         if admitted
         else None

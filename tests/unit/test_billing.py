@@ -51,7 +51,7 @@ TABLE = [
     ("backend timed out (504)", ended(status=504, error_code="upstream_timeout"), NONE),
     ("backend's own 400 relayed", ended(status=400, error_code="http_400"), NONE),
     ("backend's 400 with usage", ended(status=400, error_code="http_400", **REPORTED), NONE),
-    ("backend's 429 relayed", ended(status=429, error_code="http_429"), NONE),
+    ("backend's 429 passed on", ended(status=429, error_code="upstream_rate_limited"), NONE),
     ("invalid answer (502)", ended(status=502, error_code="upstream_invalid_response"), NONE),
     ("stream failed before its start", streamed(status=502, error_code="upstream_error"), NONE),
     ("client left before an answer", ended(status=0, client_disconnected=True), NONE),
