@@ -224,6 +224,29 @@ class UpstreamStreamBroken(UpstreamError):
     default_message = "The backend stopped in the middle of the response."
 
 
+class UpstreamInvalidResponse(UpstreamError):
+    code = "upstream_invalid_response"
+    default_message = "The backend's answer is not valid JSON."
+
+
+class UpstreamRedirect(UpstreamError):
+    """Redirects are never followed: a backend URL that redirects is misconfigured."""
+
+    code = "upstream_redirect"
+    default_message = "The backend answered with a redirect, which the router does not follow."
+
+
+class UpstreamRateLimited(RouterError):
+    """A backend's own 429, told apart from the router's limits (rate_limit_exceeded)."""
+
+    status = 429
+    type = "requests"
+    code = "upstream_rate_limited"
+    retriable = True
+    default_message = "The backend is rate limiting; retry after the time in Retry-After."
+    rest_s: float | None = None  # the backend's own Retry-After, when it sent one
+
+
 class BackendsSaturated(RouterError):
     status = 503
     type = "server_error"
@@ -264,6 +287,11 @@ class UpstreamTimeout(RouterError):
     code = "upstream_timeout"
     retriable = True
     default_message = "The backend did not answer in time."
+
+
+class UpstreamStreamIdleTimeout(UpstreamTimeout):
+    code = "upstream_stream_idle_timeout"
+    default_message = "The backend's stream went silent for longer than its idle timeout."
 
 
 def catalog() -> list[type[RouterError]]:

@@ -130,6 +130,7 @@ class Backend(_Section, frozen=True):
     connect_timeout_s: PositiveFloat = 2.0
     ttfb_timeout_s: PositiveFloat = 60.0
     total_timeout_s: PositiveFloat = 600.0
+    stream_idle_timeout_s: PositiveFloat = 60.0  # longest silence between stream chunks
     max_concurrency: NonNegInt = 0  # 0 = unlimited
 
 

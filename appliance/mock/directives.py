@@ -21,7 +21,11 @@ _MARKER: Final = "[mock:"
 MAX_DELAY_MS: Final = 600_000.0
 MAX_CHUNKS: Final = 4096
 
-_INT_NAMES: Final = frozenset({"status", "chunks", "break_after"})
+MAX_RETRY_AFTER_S: Final = 86_400
+
+_INT_NAMES: Final = frozenset(
+    {"status", "chunks", "break_after", "garbage_after", "stall_after", "retry_after"}
+)
 _FLOAT_NAMES: Final = frozenset({"latency_ms", "chunk_delay_ms"})
 _FLAG_NAMES: Final = frozenset({"hang", "garbage"})
 KNOWN: Final = tuple(sorted(_INT_NAMES | _FLOAT_NAMES | _FLAG_NAMES))
@@ -36,6 +40,9 @@ class Directives:
     chunks: int | None = None
     chunk_delay_ms: float | None = None
     break_after: int | None = None
+    garbage_after: int | None = None  # stream: a broken event after N content chunks
+    stall_after: int | None = None  # stream: stop sending after N content chunks, stay open
+    retry_after: int | None = None  # seconds in a 429's Retry-After; 0 = no header
     hang: bool = False
     garbage: bool = False
 
@@ -52,8 +59,10 @@ def _int_value(name: str, value: str | None) -> int:
     if value is None or not value.isdigit():
         raise _bad(name, value, "expected a non-negative integer")
     number = int(value)
-    if name == "status" and not 400 <= number <= 599:
-        raise _bad(name, value, "status must be between 400 and 599")
+    if name == "status" and not 300 <= number <= 599:
+        raise _bad(name, value, "status must be between 300 and 599")
+    if name == "retry_after" and number > MAX_RETRY_AFTER_S:
+        raise _bad(name, value, f"retry_after must be at most {MAX_RETRY_AFTER_S}")
     if name == "chunks" and not 1 <= number <= MAX_CHUNKS:
         raise _bad(name, value, f"chunks must be between 1 and {MAX_CHUNKS}")
     return number
@@ -99,6 +108,9 @@ def parse_directives(text: str) -> Directives:
         chunks=ints.get("chunks"),
         chunk_delay_ms=floats.get("chunk_delay_ms"),
         break_after=ints.get("break_after"),
+        garbage_after=ints.get("garbage_after"),
+        stall_after=ints.get("stall_after"),
+        retry_after=ints.get("retry_after"),
         hang="hang" in flags,
         garbage="garbage" in flags,
     )

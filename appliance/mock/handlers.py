@@ -31,7 +31,9 @@ REQUEST_BODY: Final[ContextVar[object]] = ContextVar("mock_request_body", defaul
 DONE: Final = b"data: [DONE]\n\n"
 SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _GARBAGE_JSON: Final = b'{"id": "mock-garbage", "choices": [ this is not JSON'
-_GARBAGE_SSE: Final = b'data: {"id": "mock-garbage", "choices": [\n\n' + DONE
+_GARBAGE_EVENT: Final = b'data: {"id": "mock-garbage", "choices": [\n\n'
+_GARBAGE_SSE: Final = _GARBAGE_EVENT + DONE
+_REDIRECT_TO: Final = "/_mock/moved"  # answers 404: a redirect must not be followed
 _encode: Final = msgspec.json.Encoder().encode
 
 
@@ -44,10 +46,17 @@ def json_response(
     )
 
 
-def error_response(error: MockError) -> web.Response:
-    """An OpenAI-shaped error; 429s carry Retry-After like the real service."""
-    headers = {"Retry-After": "1"} if error.status == 429 else None
+def error_response(error: MockError, retry_after: int | None = None) -> web.Response:
+    """An OpenAI-shaped error; 429s carry Retry-After like the real service (`retry_after`
+    seconds, default 1; 0 leaves the header out)."""
+    seconds = 1 if retry_after is None else retry_after
+    headers = {"Retry-After": str(seconds)} if error.status == 429 and seconds else None
     return json_response(error.body(), error.status, headers)
+
+
+def redirect_response(status: int) -> web.Response:
+    """A 3xx pointing elsewhere, as a misconfigured backend URL (http vs https) answers."""
+    return web.Response(status=status, headers={"Location": _REDIRECT_TO}, text="Moved\n")
 
 
 def request_body() -> object:
@@ -118,8 +127,10 @@ class Inference:
         if latency > 0:
             await asyncio.sleep(latency / 1000.0)
         if directives.status is not None:
+            if directives.status < 400:
+                return redirect_response(directives.status)
             why = f"[mock:status={directives.status}] directive"
-            return error_response(injected(directives.status, why))
+            return error_response(injected(directives.status, why), directives.retry_after)
         if directives.garbage:
             # 200 with the right content type but a body no parser accepts.
             if stream:
@@ -127,7 +138,8 @@ class Inference:
             return web.Response(body=_GARBAGE_JSON, content_type="application/json")
         if state.should_fail():
             state.stats.failures_injected += 1
-            return error_response(injected(500, "fail_rate"))
+            status = state.config.fail_status
+            return error_response(injected(status, "fail_rate"), directives.retry_after)
         return None
 
     def _gap(self, directives: Directives) -> float:
@@ -168,15 +180,26 @@ class Inference:
         directives = plan.directives
         gap = self._gap(directives)
         for index in range(plan.completion_tokens):
-            if index == directives.break_after:
-                return False
+            if index in (directives.break_after, directives.garbage_after, directives.stall_after):
+                break
             if index and gap:
                 await asyncio.sleep(gap)
             # One write per chunk: aiohttp hands each to the transport at once (no buffering),
             # so a proxy can observe chunk-by-chunk delivery.
             await response.write(_event(shapes.chunk(plan, rid, created, index, piece(index))))
+        return await self._end(response, plan, rid, created)
+
+    async def _end(self, response: web.StreamResponse, plan: Plan, rid: str, created: int) -> bool:
+        """The stream's end: cut (`break_after`), a broken event, silence, or usage and [DONE]."""
+        directives = plan.directives
         if directives.break_after is not None:
             return False
+        if directives.garbage_after is not None:
+            await response.write(_GARBAGE_SSE)
+            return True
+        if directives.stall_after is not None:
+            self._state.stats.hangs += 1
+            await asyncio.Event().wait()  # never set: only the client going away ends this
         if plan.include_usage:
             await response.write(_event(shapes.usage_chunk(plan, rid, created)))
         await response.write(DONE)

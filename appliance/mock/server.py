@@ -106,7 +106,8 @@ class MockBackend:
         return self._state.config
 
     def configure(self, **changes: float) -> MockConfig:
-        """Change latency_ms / fail_rate / tokens_per_s live, like POST /_mock/config."""
+        """Change latency_ms / fail_rate / tokens_per_s / fail_status live, like POST
+        /_mock/config."""
         try:
             self._state.config = self._state.config.patched(changes)
         except MockError as exc:

@@ -27,8 +27,14 @@ class MockConfig:
     latency_ms: float = 0.0
     fail_rate: float = 0.0
     tokens_per_s: float = 0.0
+    fail_status: int = 500  # the status of a fail_rate failure, e.g. 429 or 503
 
     def __post_init__(self) -> None:
+        status = self.fail_status
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise TypeError("fail_status must be an integer")
+        if not 400 <= status <= 599:
+            raise ValueError(f"fail_status must be between 400 and 599, got {status!r}")
         for name, limit in _LIMITS.items():
             value = getattr(self, name)
             # isinstance guards JSON `true`; `not <=` also rejects NaN.
@@ -43,15 +49,17 @@ class MockConfig:
             "latency_ms": self.latency_ms,
             "fail_rate": self.fail_rate,
             "tokens_per_s": self.tokens_per_s,
+            "fail_status": self.fail_status,
         }
 
     def patched(self, patch: object) -> MockConfig:
         """A copy with the fields of a /_mock/config body applied; bad bodies raise a 400."""
         if not isinstance(patch, dict):
             raise MockError(400, "config body must be a JSON object")
-        unknown = sorted(str(key) for key in patch if key not in _LIMITS)
+        known = {*_LIMITS, "fail_status"}
+        unknown = sorted(str(key) for key in patch if key not in known)
         if unknown:
-            raise MockError(400, f"unknown config fields {unknown}; known: {sorted(_LIMITS)}")
+            raise MockError(400, f"unknown config fields {unknown}; known: {sorted(known)}")
         merged = {**self.as_dict(), **patch}
         try:
             return MockConfig(**merged)

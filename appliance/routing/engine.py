@@ -3,7 +3,8 @@
 Order: a pin override wins; then the model's backends minus those already tried, minus
 drained ones, weighted by configured weight x override factor; unroutable (ejected or failing
 probes) backends are skipped unless none is left (panic: use them all rather than fail all);
-full backends are skipped; the strategy picks among what remains.
+full backends are skipped, and busy ones (a 429 with Retry-After) unless all are; the strategy
+picks among what remains.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def decide(
     pool = [c for c in (candidates if panic else routable) if not c.state.full()]
     if not pool:
         raise BackendsSaturated(retry_after_s=1)
+    # Backends resting after a 429 get traffic only when every other one rests too.
+    pool = [c for c in pool if not c.state.busy(now)] or pool
     kind = _kind(route.strategy, tried, len(pool))
     if len(pool) == 1:
         chosen = pool[0]

@@ -43,12 +43,16 @@ class BackendState:
     probe_ok: bool | None = None  # None until the thresholds decide
     probe_streak: int = 0  # >0 successes in a row, <0 failures in a row
     probe_saw_down: bool = False  # a probe failed since probes last called it healthy
+    busy_until: float | None = None  # it answered 429 with Retry-After: peers first till then
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until is not None and now < self.ejected_until
 
     def routable(self, now: float) -> bool:
         return not self.ejected(now) and self.probe_ok is not False
+
+    def busy(self, now: float) -> bool:
+        return self.busy_until is not None and now < self.busy_until
 
     def full(self) -> bool:
         return 0 < self.max_concurrency <= self.inflight
@@ -139,6 +143,15 @@ class Registry:
         if not self._may_eject(state, now):
             return None
         return self._eject(state, now)
+
+    def end_busy(self, backend_id: str, rest_s: float | None, now: float) -> None:
+        """An attempt the backend refused with a 429: frees its slot, says nothing about
+        health; with a Retry-After (capped at max_ejection_s) it is busy until then."""
+        state = self.get(backend_id)
+        state.inflight = max(0, state.inflight - 1)
+        if rest_s is not None:
+            until = now + min(rest_s, self.policy.max_ejection_s)
+            state.busy_until = max(until, state.busy_until or until)
 
     def record_probe(self, backend_id: str, ok: bool, now: float) -> bool:
         """An active probe result; returns True when the backend's routability changed."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from appliance.errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamStreamBroken,
+    UpstreamStreamIdleTimeout,
     UpstreamTimeout,
 )
 from appliance.settings import Backend
@@ -41,19 +42,45 @@ class _BackendEndpoint:
 
 
 class UpstreamResponse:
-    """A backend's answer whose body is read once, either whole or chunk by chunk."""
+    """A backend's answer whose body is read once, either whole or chunk by chunk.
 
-    __slots__ = ("_response", "backend_id", "content_type", "status")
+    Chunk by chunk, a watchdog ends the read when the backend stays silent for longer than
+    `idle_timeout_s`. It is lazy: each wait notes the time, and one timer per idle period
+    checks it, so a chunk costs a clock read, not a timer.
+    """
 
-    def __init__(self, backend_id: str, response: aiohttp.ClientResponse) -> None:
+    __slots__ = (
+        "_idle_s",
+        "_loop",
+        "_response",
+        "_since",
+        "_timer",
+        "_waiting",
+        "backend_id",
+        "content_type",
+        "status",
+    )
+
+    def __init__(
+        self, backend_id: str, response: aiohttp.ClientResponse, idle_timeout_s: float = 60.0
+    ) -> None:
         self.backend_id = backend_id
         self._response = response
         self.status = response.status
         self.content_type = response.headers.get("content-type", "application/json")
+        self._idle_s = idle_timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._since = 0.0
+        self._waiting = False
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def is_event_stream(self) -> bool:
         return self.content_type.startswith("text/event-stream")
+
+    def header(self, name: str) -> str | None:
+        """A response header (read on error paths only: redirects, 429s)."""
+        return self._response.headers.get(name)
 
     async def read(self) -> bytes:
         try:
@@ -65,26 +92,50 @@ class UpstreamResponse:
         finally:
             self._response.release()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; the connection is dropped if the reader stops early."""
-        completed = False
+    async def next_chunk(self) -> bytes:
+        """The next body bytes as they arrive, b"" at the end; raises UpstreamStreamIdleTimeout
+        after `idle_timeout_s` without any. Stopping early needs `close()`."""
+        self._since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._since + self._idle_s, self._watch)
+        self._waiting = True
         try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-            completed = True
+            chunk = await self._response.content.readany()
         except TimeoutError:
             raise UpstreamTimeout() from None
         except aiohttp.ClientError:
             raise UpstreamStreamBroken() from None
         finally:
-            if completed:
-                self._response.release()
-            else:
-                # Closing (not releasing) tells the backend to stop generating.
-                self._response.close()
+            self._waiting = False
+        if not chunk:
+            self._stop_watch()
+            self._response.release()
+        return chunk
 
     def close(self) -> None:
+        """Drop the connection: closing (not releasing) tells the backend to stop generating."""
+        self._stop_watch()
         self._response.close()
+
+    def _watch(self) -> None:
+        now = self._loop.time()
+        # A millisecond of slack: a timer may fire a clock tick early.
+        if self._waiting and now - self._since >= self._idle_s - 0.001:
+            self._timer = None
+            self._response.content.set_exception(
+                UpstreamStreamIdleTimeout(
+                    f"The backend's stream was silent for {self._idle_s:g} s "
+                    "(its stream_idle_timeout_s)."
+                )
+            )
+            return
+        base = self._since if self._waiting else now
+        self._timer = self._loop.call_at(base + self._idle_s, self._watch)
+
+    def _stop_watch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class BackendClient:
@@ -178,7 +229,7 @@ class BackendClient:
             raise UpstreamTimeout() from None
         except aiohttp.ClientError:
             raise UpstreamError("The backend closed the connection without answering.") from None
-        return UpstreamResponse(backend_id, response)
+        return UpstreamResponse(backend_id, response, endpoint.backend.stream_idle_timeout_s)
 
 
 def _endpoint(backend: Backend, credentials: BackendCredentials) -> _BackendEndpoint:

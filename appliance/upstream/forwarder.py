@@ -1,8 +1,9 @@
 """Forward one inference request: decide, send, fail over before the first byte, relay.
 
-A failed attempt (connect error, timeout to first byte, 5xx, or a JSON answer that breaks
-while being read) is retried on another backend while the retry budget allows. Once a
-stream's first byte is on its way to the client, it is never retried.
+A failed attempt (connect error, timeout to first byte, a 5xx, 3xx or 429, a 2xx that is not
+a JSON object, a JSON answer that breaks while being read, a stream that fails before its
+first event) is retried on another backend while the retry budget allows. Once a stream's
+first byte is on its way to the client, it is never retried.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from appliance.errors import (
     NoBackendAvailable,
     RouterError,
-    UpstreamError,
+    UpstreamRateLimited,
 )
 from appliance.routing.control import OverrideBook
 from appliance.routing.engine import Decision, decide
@@ -34,6 +35,7 @@ from appliance.upstream.relay import (
     relay_whole,
 )
 from appliance.upstream.usage import Usage
+from appliance.upstream.verdict import UPSTREAM_STATUS, judge_whole
 
 _PANIC_LOG_INTERVAL_S = 10.0
 _log = get_logger("routerctl.routing")
@@ -146,7 +148,7 @@ class Forwarder:
             if request.stream and upstream.status == 200 and upstream.is_event_stream:
                 # Settled when the stream ends; the deferred close covers a stream never read.
                 hooks.defer(lambda: ledger.abandon(upstream))
-                relayed = relay_stream(
+                relayed = await relay_stream(
                     upstream,
                     ledger.settle_with(hooks.on_done),
                     ledger.time_first_chunk(hooks),
@@ -155,21 +157,16 @@ class Forwarder:
                 )
                 return relayed, None
             answer = await upstream.read()
+            usage = judge_whole(upstream, answer, finish_reasons=span is not None)
         except RouterError as exc:
-            hooks.on_upstream_time(ledger.settle(ok=False, failure=exc.code))
-            _log_failure(request_id, backend, number, exc.code)
+            hooks.on_upstream_time(ledger.fail(exc))
+            _log_failure(request_id, backend, number, exc)
             return None, exc
         except BaseException:
             ledger.abandon(None)  # cancelled: the client left; not the backend's fault
             raise
-        if upstream.status >= 500:
-            code = f"http_{upstream.status}"
-            hooks.on_upstream_time(ledger.settle(ok=False, failure=code))
-            _log_failure(request_id, backend, number, code)
-            return None, UpstreamError(f"The backend answered HTTP {upstream.status}.")
         hooks.on_upstream_time(ledger.settle(ok=True))
-        on_done = ledger.finish_with(hooks.on_done)
-        return relay_whole(upstream, answer, on_done, finish_reasons=span is not None), None
+        return relay_whole(upstream, answer, usage, ledger.finish_with(hooks.on_done)), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +214,23 @@ class _Ledger:
         r.observer.attempt(self._backend, self._kind, ok, latency)
         if failure is not None and self._span is not None:
             self._span.finish(failure)
+        return latency
+
+    def fail(self, error: RouterError) -> float:
+        """Account a failed attempt; a backend's 429 is not a health failure (busy is not
+        broken): it frees the slot and rests the backend for its Retry-After, if it sent one."""
+        if not isinstance(error, UpstreamRateLimited):
+            return self.settle(ok=False, failure=error.code)
+        if self._done:
+            return 0.0
+        self._done = True
+        r = self._r
+        now = r.monotonic()
+        latency = now - self._started
+        r.registry.end_busy(self._backend, error.rest_s, now)
+        r.observer.attempt(self._backend, self._kind, False, latency)
+        if self._span is not None:
+            self._span.finish(error.code)
         return latency
 
     def abandon(self, upstream: UpstreamResponse | None) -> None:
@@ -269,8 +283,13 @@ def _reason(error: RouterError | None) -> str:
     return error.code if error is not None else "unknown"
 
 
-def _log_failure(request_id: str, backend: str, attempt: int, code: str) -> None:
+def _log_failure(request_id: str, backend: str, attempt: int, error: RouterError) -> None:
     # Only failures are logged here: a request's own line is the access log.
     _log.warning(
-        "upstream_failed", request_id=request_id, backend=backend, attempt=attempt, error=code
+        "upstream_failed",
+        request_id=request_id,
+        backend=backend,
+        attempt=attempt,
+        error=error.code,
+        upstream_status=error.extra_headers.get(UPSTREAM_STATUS),  # None: no HTTP answer
     )

@@ -1,7 +1,9 @@
 """Relay a backend's answer to the client unchanged: whole JSON, or SSE chunk by chunk.
 
-A stream that breaks after the first byte cannot become an HTTP error any more, so it ends
-with one SSE event in OpenAI's error shape; SDKs raise it instead of hanging.
+A stream's first event is read before the client is answered, so a backend that fails before
+it is failed over. A stream that breaks after that cannot become an HTTP error any more, so it
+ends with one SSE event in OpenAI's error shape; SDKs raise it instead of hanging. An event
+that is not a JSON object is never forwarded.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from appliance.errors import RouterError, UpstreamStreamBroken
+from appliance.errors import RouterError, UpstreamInvalidResponse, UpstreamStreamBroken
 from appliance.upstream.client import UpstreamResponse
-from appliance.upstream.usage import StreamScanner, Usage, usage_from_json
+from appliance.upstream.usage import StreamScanner, Usage
 
 # Called once per relayed answer with the usage seen and an outcome: "ok", an error code,
 # or "client_disconnected".
@@ -32,31 +34,54 @@ class Relayed:
 
 
 def relay_whole(
-    upstream: UpstreamResponse, body: bytes, on_done: UsageCallback, finish_reasons: bool = False
+    upstream: UpstreamResponse, body: bytes, usage: Usage | None, on_done: UsageCallback
 ) -> Relayed:
-    """A whole answer (2xx or the backend's own 4xx), passed through unchanged."""
-    ok = upstream.status < 300
-    usage = usage_from_json(body, finish_reasons) if ok else None
-    on_done(usage, "ok" if ok else f"http_{upstream.status}")
+    """A whole answer judged fit to relay (see `verdict`), passed through unchanged."""
+    on_done(usage, "ok" if upstream.status < 300 else f"http_{upstream.status}")
     return Relayed(status=upstream.status, content_type=upstream.content_type, body=body)
 
 
-def relay_stream(
+async def relay_stream(
     upstream: UpstreamResponse,
     on_done: UsageCallback,
     on_progress: ProgressCallback,
     strip_usage_chunk: bool,
     finish_reasons: bool = False,
 ) -> Relayed:
+    """The stream, once its first event is in and sound. Until then nothing has reached the
+    client, so a failure raises (the forwarder fails over) instead of ending the stream."""
     scanner = StreamScanner(strip_usage_chunk, finish_reasons)
+    try:
+        first = await _first_bytes(upstream, scanner)
+    except BaseException:
+        upstream.close()
+        raise
+    # Before the bytes leave: the usage record may be committed as they go out.
+    on_progress(scanner.usage, scanner.events)
     return Relayed(
         status=upstream.status,
         content_type=upstream.content_type,
-        stream=_stream(upstream, on_done, on_progress, scanner),
+        stream=_stream(first, upstream, on_done, on_progress, scanner),
     )
 
 
+async def _first_bytes(upstream: UpstreamResponse, scanner: StreamScanner) -> bytes:
+    while chunk := await upstream.next_chunk():
+        out = scanner.feed(chunk)
+        if scanner.broken:
+            raise _invalid_event()
+        if out:
+            return out
+    out = scanner.finish()
+    if scanner.broken:
+        raise _invalid_event()
+    if not out:
+        raise UpstreamStreamBroken("The backend ended the stream without sending an event.")
+    return out
+
+
 async def _stream(
+    first: bytes,
     upstream: UpstreamResponse,
     on_done: UsageCallback,
     on_progress: ProgressCallback,
@@ -64,9 +89,9 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     failure: RouterError | None = None
     try:
-        async for chunk in upstream.chunks():
+        yield first
+        while not scanner.broken and (chunk := await upstream.next_chunk()):
             out = scanner.feed(chunk)
-            # Before the bytes leave: the usage record may be committed as they go out.
             on_progress(scanner.usage, scanner.events)
             if out:
                 yield out
@@ -74,8 +99,7 @@ async def _stream(
         on_progress(scanner.usage, scanner.events)
         if rest:
             yield rest
-        if not scanner.done:
-            failure = UpstreamStreamBroken("The backend ended the stream without [DONE].")
+        failure = _ending(scanner)
     except RouterError as exc:
         failure = exc
     except (asyncio.CancelledError, GeneratorExit):
@@ -86,6 +110,19 @@ async def _stream(
     on_done(scanner.usage, "ok" if failure is None else failure.code)
     if failure is not None:
         yield error_event(failure)
+
+
+def _ending(scanner: StreamScanner) -> RouterError | None:
+    """What a stream that stopped without an error from the connection ended with."""
+    if scanner.broken:
+        return _invalid_event()
+    if not scanner.done:
+        return UpstreamStreamBroken("The backend ended the stream without [DONE].")
+    return None
+
+
+def _invalid_event() -> UpstreamInvalidResponse:
+    return UpstreamInvalidResponse("The backend sent a stream event that is not a JSON object.")
 
 
 def error_event(error: RouterError) -> bytes:

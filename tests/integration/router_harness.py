@@ -35,11 +35,14 @@ def base_config(
     extra: str = "",
     state_extra: str = "",
     telemetry_extra: str = "",
+    backend_extra: str = "",
 ) -> str:
-    """A config with model `chat` over the given mocks, orgs, keys and one dead backend."""
+    """A config with model `chat` over the given mocks, orgs, keys and one dead backend;
+    `backend_extra` is added to every mock's `[[backends]]` table."""
     backends = "".join(
         f'[[backends]]\nid = "{name}"\nurl = "{url}"\napi_key_env = "TEST_BACKEND_KEY"\n'
-        f'headers = {{ "x-extra" = "on" }}\nttfb_timeout_s = 1.0\ntotal_timeout_s = 3.0\n\n'
+        f'headers = {{ "x-extra" = "on" }}\nttfb_timeout_s = 1.0\ntotal_timeout_s = 3.0\n'
+        f"{backend_extra}\n\n"
         for name, url in mock_urls.items()
     )
     routes = ", ".join(
@@ -145,6 +148,7 @@ async def running_router(
     metrics_listener: bool = False,
     telemetry_extra: str = "",
     environ: Mapping[str, str] | None = None,
+    backend_extra: str = "",
 ) -> AsyncIterator[RouterUnderTest]:
     """Start mocks and a router on free ports; stop everything on exit, whatever happened."""
     mocks = {f"m{i}": MockBackend(seed=i, **(mock_options or {})) for i in range(mock_count)}
@@ -165,6 +169,7 @@ async def running_router(
             extra=extra,
             state_extra=state_extra,
             telemetry_extra=telemetry_extra,
+            backend_extra=backend_extra,
         )
         env = {"TEST_BACKEND_KEY": BACKEND_SECRET, **(environ or {})}
         loaded = load_text(text, "test.toml", env)

@@ -433,7 +433,8 @@ async def test_live_config(mock: MockBackend, http: aiohttp.ClientSession) -> No
     """POST /_mock/config changes behaviour at once and rejects bad values."""
     config_url = f"http://127.0.0.1:{mock.port}/_mock/config"
     status, doc = await _post(http, config_url, {"fail_rate": 1})
-    assert (status, doc) == (200, {"latency_ms": 0.0, "fail_rate": 1, "tokens_per_s": 0.0})
+    expected = {"latency_ms": 0.0, "fail_rate": 1, "tokens_per_s": 0.0, "fail_status": 500}
+    assert (status, doc) == (200, expected)
     assert (await _post(http, f"{mock.url}/chat/completions", CHAT))[0] == 500
     await _post(http, config_url, {"fail_rate": 0, "latency_ms": 120})
     started = time.monotonic()
@@ -541,3 +542,47 @@ def test_cli_rejects_bad_values(args: tuple[str, ...]) -> None:
     result = _cli(*args)
     assert result.exit_code != 0
     assert args[0] in result.output
+
+
+async def test_redirect_status_directive(mock: MockBackend, http: aiohttp.ClientSession) -> None:
+    """[mock:status=3xx] answers a redirect with a Location, as a misconfigured URL would."""
+    body = _chat("x [mock:status=302]")
+    async with http.post(f"{mock.url}/chat/completions", json=body, allow_redirects=False) as r:
+        assert r.status == 302
+        assert r.headers["Location"] == "/_mock/moved"
+
+
+async def test_retry_after_and_fail_status(http: aiohttp.ClientSession) -> None:
+    """retry_after sets a 429's Retry-After (0 drops it); fail_status sets fail_rate's status."""
+    async with MockBackend(fail_rate=1.0) as failing:
+        failing.configure(fail_status=429)
+        url = f"{failing.url}/chat/completions"
+        for content, expected in (("a", "1"), ("a [mock:retry_after=9]", "9")):
+            async with http.post(url, json=_chat(content)) as resp:
+                assert (resp.status, resp.headers.get("Retry-After")) == (429, expected)
+        async with http.post(url, json=_chat("a [mock:retry_after=0]")) as resp:
+            assert (resp.status, resp.headers.get("Retry-After")) == (429, None)
+
+
+async def test_garbage_after_directive(mock: MockBackend, http: aiohttp.ClientSession) -> None:
+    """[mock:garbage_after=N] streams N chunks, then a broken event and [DONE]."""
+    body = _chat("x [mock:chunks=4] [mock:garbage_after=2]", stream=True)
+    async with http.post(f"{mock.url}/chat/completions", json=body) as resp:
+        events = _events(await resp.text())
+    assert len(events) == 4
+    assert [json.loads(e)["object"] for e in events[:2]] == ["chat.completion.chunk"] * 2
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(events[2])
+    assert events[3] == "[DONE]"
+
+
+async def test_stall_after_directive(mock: MockBackend, http: aiohttp.ClientSession) -> None:
+    """[mock:stall_after=N] streams N chunks, then sends nothing more while the client stays."""
+    body = _chat("x [mock:chunks=4] [mock:stall_after=1]", stream=True)
+    received: list[bytes] = []
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(
+            _read_lines(http, f"{mock.url}/chat/completions", body, received), 0.5
+        )
+    assert len([line for line in received if line.startswith(b"data: ")]) == 1
+    assert (await _stats(http, mock))["hangs"] == 1

@@ -42,10 +42,11 @@ def test_text_without_directives_parses_to_none() -> None:
 
 
 def test_every_directive_parses() -> None:
-    """All seven directives are recognised, with values, anywhere in the text."""
+    """All ten directives are recognised, with values, anywhere in the text."""
     text = (
         "a [mock:status=503] b [mock:latency_ms=12.5] [mock:chunks=3] [mock:chunk_delay_ms=7]"
-        " [mock:break_after=2] [mock:hang] [mock:garbage] c"
+        " [mock:break_after=2] [mock:hang] [mock:garbage] [mock:garbage_after=1]"
+        " [mock:stall_after=4] [mock:retry_after=30] c"
     )
     assert parse_directives(text) == Directives(
         status=503,
@@ -53,9 +54,13 @@ def test_every_directive_parses() -> None:
         chunks=3,
         chunk_delay_ms=7.0,
         break_after=2,
+        garbage_after=1,
+        stall_after=4,
+        retry_after=30,
         hang=True,
         garbage=True,
     )
+    assert parse_directives("[mock:status=307]").status == 307
 
 
 def test_later_directive_wins() -> None:
@@ -68,6 +73,9 @@ def test_later_directive_wins() -> None:
     [
         "[mock:nosuch]",
         "[mock:status=200]",
+        "[mock:status=299]",
+        "[mock:retry_after=90000]",
+        "[mock:stall_after=-1]",
         "[mock:status=abc]",
         "[mock:status]",
         "[mock:chunks=0]",
@@ -260,9 +268,22 @@ def test_error_types_follow_openai() -> None:
 
 def test_config_patch_validates() -> None:
     """/_mock/config accepts known numeric fields in range and rejects anything else."""
-    config = MockConfig().patched({"latency_ms": 5, "fail_rate": 0.5})
-    assert config.as_dict() == {"latency_ms": 5, "fail_rate": 0.5, "tokens_per_s": 0.0}
-    for bad in ({"fail_rate": 2}, {"latency_ms": -1}, {"bogus": 1}, {"fail_rate": True}, [1]):
+    config = MockConfig().patched({"latency_ms": 5, "fail_rate": 0.5, "fail_status": 429})
+    assert config.as_dict() == {
+        "latency_ms": 5,
+        "fail_rate": 0.5,
+        "tokens_per_s": 0.0,
+        "fail_status": 429,
+    }
+    for bad in (
+        {"fail_rate": 2},
+        {"latency_ms": -1},
+        {"bogus": 1},
+        {"fail_rate": True},
+        {"fail_status": 302},
+        {"fail_status": 429.5},
+        [1],
+    ):
         with pytest.raises(MockError):
             config.patched(bad)
     with pytest.raises(ValueError, match="fail_rate"):
