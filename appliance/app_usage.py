@@ -19,7 +19,9 @@ from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.usage_metrics import UsageMetrics
+from appliance.usage.buffer_watch import BufferWatch
 from appliance.usage.file_sink import FileSink, NoneSink
+from appliance.usage.free_space import FreeSpace
 from appliance.usage.kafka_sink import KafkaSink
 from appliance.usage.ports import Topic, UsageSink
 from appliance.usage.publisher import Publisher
@@ -40,6 +42,8 @@ class UsageParts:
     outbox: SqliteOutbox
     publisher: Publisher
     recorder: UsageRecorder
+    watch: BufferWatch
+    free_space: FreeSpace
     state_dir: Path
     audit_to_outbox: bool
     retention_s: float
@@ -53,15 +57,21 @@ class UsageParts:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.lock.enter_context(hold_shared(self.state_dir))
         await self.outbox.open()
+        await asyncio.to_thread(self.free_space.measure)  # refuse from the first request on
         self.publisher.start()
+        self.watch.start()
         self.pruner = asyncio.create_task(self._prune_lookups())
 
     async def close(self) -> None:
         if self.pruner is not None:
             self.pruner.cancel()
             await asyncio.gather(self.pruner, return_exceptions=True)
+        await self.watch.stop()
         # Long enough for a batch in flight to Kafka; whatever is left stays in the outbox.
         await self.publisher.stop(timeout_s=_PUBLISH_STOP_S)
+        if self.recorder.held:  # a last chance for records the full disk kept in memory
+            await self.recorder.flush_held()
+            self.recorder.drop_held()
         await self.outbox.close()
         self.lock.close()
 
@@ -74,9 +84,10 @@ class UsageParts:
             await asyncio.sleep(_PRUNE_EVERY_S)
 
     async def check_buffer(self) -> None:
-        """Readiness: unhealthy while new requests are refused for a full buffer."""
-        if self.recorder.refusing():
-            raise ProbeFailed("usage buffer full; new requests are refused until it drains")
+        """Readiness: unhealthy while new requests are refused (full buffer, low disk, or
+        records held in memory), so load balancers drain this replica meanwhile."""
+        if (reason := self.recorder.refusal()) is not None:
+            raise ProbeFailed(reason)
 
     async def forward_audit(self, event: AuditEvent) -> None:
         """Audit events go to the Kafka audit topic through the outbox, like usage."""
@@ -92,6 +103,7 @@ def build_usage(
     observer = UsageMetrics(
         metrics.registry, on_buffer=lambda n: setattr(holder[0], "buffered_bytes", n)
     )
+    free_space = FreeSpace(state_dir, int(settings.state.min_free_mb * _MB))
     outbox = SqliteOutbox(
         state_dir / "outbox.sqlite",
         int(u.max_buffer_mb * _MB),
@@ -99,6 +111,7 @@ def build_usage(
         # No extra wait: appends arriving while a commit runs already share the next one.
         batch_window_s=0,
         on_drop=observer.dropped,
+        after_commit=free_space.measure_if_stale,  # on the outbox's thread, <= 10 statvfs/s
     )
     sinks: dict[Topic, UsageSink]
     kafka: KafkaSink | None = None
@@ -126,12 +139,15 @@ def build_usage(
         observer=observer,
         max_bytes=int(u.max_buffer_mb * _MB),
         reject_when_full=u.on_full == "reject",
+        free_space=free_space,
     )
     holder.append(recorder)
     return UsageParts(
         outbox,
         publisher,
         recorder,
+        BufferWatch(outbox, free_space, recorder, observer),
+        free_space,
         state_dir,
         audit_to_outbox=u.sink == "kafka",
         retention_s=u.lookup_retention_days * 86400,

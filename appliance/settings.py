@@ -41,6 +41,9 @@ class StateSettings(_Section, frozen=True):
     dir: str = "./routerctl-state"
     redis_url: str = ""
     redis_failure_mode: Literal["open", "closed"] = "open"
+    # Free space kept on the state dir's filesystem: below it new requests are refused (503)
+    # before any backend is called, so a record always has room. 0 turns the check off.
+    min_free_mb: NonNegFloat = 64.0
 
 
 class AdminToken(_Section, frozen=True):

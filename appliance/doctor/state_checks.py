@@ -52,12 +52,13 @@ def _state_rows(settings: Settings, directory: Path) -> list[CheckResult]:
     target = str(directory)
     existing = _nearest_existing(directory)
     u = settings.usage
-    need = int(u.max_buffer_mb * _MB)
+    reserve = int(settings.state.min_free_mb * _MB)
+    need = int(u.max_buffer_mb * _MB) + reserve + thresholds.STATE_WORKING_MB * _MB
     if u.sink == "file" and not u.file_path:  # the usage file rotates inside the state dir
         need += int(u.file_max_mb * _MB) * (u.file_keep + 1)
     return [
         _writable(directory, existing),
-        thresholds.disk(target, _free_bytes(existing), need),
+        thresholds.disk(target, _free_bytes(existing), need, reserve),
         _outbox(directory / OUTBOX_FILE, int(u.max_buffer_mb * _MB)),
     ]
 

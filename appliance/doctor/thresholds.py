@@ -19,8 +19,13 @@ OUTBOX_AGE_WARN_S = 300.0
 OUTBOX_FILL_WARN = 0.5
 OUTBOX_FILL_FAIL = 0.9
 
-# Free disk, as a multiple of what the state dir may come to hold (outbox bound + file sink).
+# Free disk, as a multiple of what the state dir may come to hold (outbox bound + file sink
+# + state.min_free_mb + working space).
 DISK_WARN_FACTOR = 2.0
+# Working space of the state dir's SQLite files besides the outbox backlog: the outbox WAL is
+# bounded to ~1 MiB, the audit, spend and override stores' WALs can reach ~4 MiB each.
+# With state.min_free_mb it is the minimum state dir (docs/configuration.md#state).
+STATE_WORKING_MB = 16
 
 _MB = 1024 * 1024
 
@@ -38,10 +43,19 @@ def clock_skew(target: str, skew_s: float, uncertainty_s: float) -> CheckResult:
     return passed("clock", target, detail)
 
 
-def disk(target: str, free_bytes: int, need_bytes: int) -> CheckResult:
-    """Free space against what the outbox (and a file sink) may grow to."""
+def disk(target: str, free_bytes: int, need_bytes: int, reserve_bytes: int = 0) -> CheckResult:
+    """Free space against what the outbox (and a file sink) may grow to, and the reserve
+    (state.min_free_mb) under which the router refuses every request."""
     detail = f"{free_bytes / _MB:,.0f} MB free; the state dir may need {need_bytes / _MB:,.0f} MB"
     fix = "free disk space, or lower usage.max_buffer_mb (and usage.file_max_mb x file_keep)"
+    if free_bytes < reserve_bytes:
+        return failed(
+            "disk",
+            target,
+            f"{free_bytes / _MB:,.1f} MB free, under state.min_free_mb"
+            f" ({reserve_bytes / _MB:g} MB): the router refuses every request",
+            "free disk space on the state dir's filesystem (or lower state.min_free_mb)",
+        )
     if free_bytes < need_bytes:
         return failed("disk", target, f"{detail}: a long sink outage would fill it", fix)
     if free_bytes < need_bytes * DISK_WARN_FACTOR:

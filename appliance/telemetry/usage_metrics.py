@@ -40,6 +40,22 @@ class UsageMetrics:
             buckets=_PUBLISH_BUCKETS,
             registry=registry,
         )
+        self._held = Gauge(
+            "router_usage_records_held",
+            "Records waiting in memory because the outbox could not be written (disk full).",
+            registry=registry,
+        )
+        self._resent = Counter(
+            "router_usage_resent_records_total",
+            "Records published again after an attempt that ended without their"
+            " acknowledgement (each may be a duplicate downstream).",
+            registry=registry,
+        )
+        self._state_free = Gauge(
+            "router_state_free_bytes",
+            "Free bytes on the state dir's filesystem (last measurement).",
+            registry=registry,
+        )
         self._failures = Counter(
             "router_usage_publish_failures_total",
             "Batches a sink did not acknowledge (retried).",
@@ -67,6 +83,16 @@ class UsageMetrics:
 
     def record_failed(self, reason: str) -> None:
         self._records.labels("outbox", reason).inc()
+
+    def held(self, records: int) -> None:
+        self._held.set(records)
+
+    def resent(self, sink: str, n: int) -> None:
+        del sink  # one sink per topic in practice; a label would add nothing but series
+        self._resent.inc(n)
+
+    def state_free(self, free_bytes: int) -> None:
+        self._state_free.set(free_bytes)
 
     def dropped(self, count: int) -> None:
         self._records.labels("outbox", "dropped_oldest").inc(count)

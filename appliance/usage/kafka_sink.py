@@ -1,5 +1,9 @@
 """Publish outbox items to Kafka with aiokafka: acks=all, keyed by org, one future per record.
 
+A publish that fails part-way names the records the broker did acknowledge (their futures
+resolved), so the publisher sends only the others again: a broken link duplicates at most
+the records that were in flight, never the whole batch.
+
 The producer is idempotent where the broker allows it. Some brokers refuse to hand out a
 producer id (Tansu's memory store does): the sink logs that once and goes on with a plain
 producer, still with acks=all; the outbox and the stable record ids make delivery
@@ -85,15 +89,23 @@ class KafkaSink:
         await self.open()
         producer = self._producer
         assert producer is not None
+        futures: list[asyncio.Future[Any]] = []
         try:
             async with asyncio.timeout(self._timeout_s):
-                futures = [await self._send(producer, item) for item in items]
+                for item in items:
+                    futures.append(await self._send(producer, item))
                 await asyncio.gather(*futures)
         except (KafkaError, TimeoutError) as exc:
+            # Dropping the producer settles every future it can (delivered, or failed); each
+            # record's own outcome says what the broker acknowledged before the failure.
             await self._discard_producer()
+            sent = zip(items, futures, strict=False)  # futures stop where a send failed
+            delivered = [item.seq for item, f in sent if _delivered(f)]
             what = "timed out" if isinstance(exc, TimeoutError) else f"failed: {_kind(exc)}"
             raise SinkError(
                 f"kafka publish of {len(items)} records to {self._servers()} {what}"
+                f" ({len(delivered)} acknowledged before the failure)",
+                acknowledged=delivered,
             ) from None
 
     async def ping(self) -> None:
@@ -176,6 +188,10 @@ async def _stop(producer: AIOKafkaProducer, timeout_s: float) -> None:
         await producer.stop()
     except KafkaError as exc:
         _log.warning("kafka_producer_stop_failed", error=_kind(exc))
+
+
+def _delivered(future: asyncio.Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

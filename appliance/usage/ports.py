@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -14,7 +14,12 @@ class OutboxFull(Exception):
 
 
 class SinkError(Exception):
-    """A sink could not acknowledge a batch; nothing in it may be deleted from the outbox."""
+    """A sink could not acknowledge a whole batch: only the items whose seqs are in
+    `acknowledged` (delivered before the failure) may be deleted from the outbox."""
+
+    def __init__(self, message: str, acknowledged: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.acknowledged = frozenset(acknowledged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,8 @@ class UsageSink(Protocol):
     async def open(self) -> None: ...
 
     async def publish(self, items: Sequence[OutboxItem]) -> None:
-        """Acknowledged when it returns (every item); raises SinkError otherwise."""
+        """Acknowledged when it returns (every item); raises SinkError otherwise, naming the
+        items it did deliver (if it knows) so that only the others are sent again."""
         ...
 
     async def close(self) -> None: ...

@@ -7,13 +7,13 @@ to the end, for `routerctl buffer replay` on a stopped router's state dir.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, get_args
 
 from appliance.telemetry.logging import get_logger
+from appliance.usage.backoff import Backoff
 from appliance.usage.ports import Outbox, OutboxItem, SinkError, Topic, UsageSink
 
 _log = get_logger("routerctl.usage")
@@ -29,28 +29,12 @@ class PublishObserver(Protocol):
         "unexpected" (sink "publisher": a bug, logged with its traceback)."""
         ...
 
+    def resent(self, sink: str, n: int) -> None:
+        """n records sent again after an attempt that ended without their acknowledgement
+        (each may reach the sink twice)."""
+        ...
+
     def buffer(self, records: int, bytes: int, oldest_age_s: float) -> None: ...
-
-
-class Backoff:
-    """Exponential delays with jitter between `first_s` and `max_s`; reset() after a success."""
-
-    def __init__(
-        self, first_s: float = 0.1, max_s: float = 30.0, rng: random.Random | None = None
-    ) -> None:
-        self._first = first_s
-        self._max = max_s
-        self._rng = rng or random.Random()
-        self._failures = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._max, self._first * 2.0 ** min(self._failures, 32))
-        self._failures += 1
-        # Half fixed, half random: replicas that failed together do not retry together.
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 class _Failed(Exception):
@@ -111,6 +95,10 @@ class Publisher:
         self._lock = asyncio.Lock()  # one batch at a time: the loop's, or replay_now's
         self.state = PublisherState()
         self._task: asyncio.Task[None] | None = None
+        # Seqs a sink acknowledged that are not deleted yet (at most a batch: nothing more is
+        # published until they are), and seqs of a failed attempt with no acknowledgement.
+        self._acknowledged: list[int] = []
+        self._unconfirmed: set[int] = set()
 
     def start(self) -> None:
         if self._task is None:
@@ -136,6 +124,7 @@ class Publisher:
                 await asyncio.wait({task})
             elif not task.cancelled() and (exc := task.exception()) is not None:
                 _log.error("usage_publisher_crashed", error=_name(exc))
+        await self._forget_before_stop()
         for sink in self._unique_sinks():
             if id(sink) in self._opened:
                 await sink.close()
@@ -167,26 +156,64 @@ class Publisher:
             return await self._publish_batch(min(max_records or self._batch_max, self._batch_max))
 
     async def _publish_batch(self, size: int) -> int:
+        # Delete what a sink already took before sending anything more: when the outbox
+        # cannot be written (a full disk), the batch is not published again and again.
+        await self._forget_acknowledged()
         try:
             batch = await self._outbox.peek(size)
         except Exception as exc:
             raise _Failed("outbox", "outbox", exc) from exc
-        acknowledged = 0
+        resent, self._unconfirmed = self._unconfirmed, set()
         for sink, items in _group(batch, self._sinks):
             await self._open(sink)
-            started = self._monotonic()
-            try:
-                await sink.publish(items)
-            except SinkError as exc:
-                raise _Failed(sink.name, "publish", exc) from exc
-            if self._observer is not None:
-                self._observer.published(sink.name, len(items), self._monotonic() - started)
-            try:
-                await self._outbox.delete([item.seq for item in items])
-            except Exception as exc:  # published, not deleted: sent again later (at-least-once)
-                raise _Failed("outbox", "outbox", exc) from exc
-            acknowledged += len(items)
-        return acknowledged
+            await self._publish_group(sink, items, resent)
+        await self._forget_acknowledged()
+        return len(batch)
+
+    async def _publish_group(
+        self, sink: UsageSink, items: list[OutboxItem], resent: set[int]
+    ) -> None:
+        again = sum(1 for item in items if item.seq in resent)
+        if again and self._observer is not None:
+            self._observer.resent(sink.name, again)
+        started = self._monotonic()
+        try:
+            await sink.publish(items)
+        except SinkError as exc:
+            taken = [item for item in items if item.seq in exc.acknowledged]
+            self._taken(sink, taken, started)
+            self._unconfirmed.update(i.seq for i in items if i.seq not in exc.acknowledged)
+            raise _Failed(sink.name, "publish", exc) from exc
+        self._taken(sink, items, started)
+
+    def _taken(self, sink: UsageSink, items: list[OutboxItem], started: float) -> None:
+        """A sink acknowledged `items`: they are never sent again by this process, even
+        when deleting them from the outbox fails (then the delete is what is retried)."""
+        if not items:
+            return
+        self._acknowledged.extend(item.seq for item in items)
+        if self._observer is not None:
+            self._observer.published(sink.name, len(items), self._monotonic() - started)
+
+    async def _forget_acknowledged(self) -> None:
+        if not self._acknowledged:
+            return
+        try:
+            await self._outbox.delete(self._acknowledged)
+        except Exception as exc:
+            raise _Failed("outbox", "outbox", exc) from exc
+        self._acknowledged = []
+
+    async def _forget_before_stop(self) -> None:
+        try:
+            await self._forget_acknowledged()
+        except _Failed as exc:
+            # They stay in the outbox: the next start publishes them again (at-least-once).
+            _log.warning(
+                "usage_acknowledged_not_deleted",
+                records=len(self._acknowledged),
+                error=str(exc.cause) or _name(exc.cause),
+            )
 
     async def _run(self) -> None:
         while True:
@@ -321,7 +348,11 @@ async def replay(
             if not batch:
                 break
             if not dry_run:
-                await sink.publish(batch)
+                try:
+                    await sink.publish(batch)
+                except SinkError as exc:  # what the sink did take is not sent again
+                    await outbox.delete([i.seq for i in batch if i.seq in exc.acknowledged])
+                    raise
                 await outbox.delete([item.seq for item in batch])
             after = batch[-1].seq
             done += len(batch)

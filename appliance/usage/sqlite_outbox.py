@@ -8,11 +8,21 @@ next checkpoint; FULL would fsync every commit to cover that, at a cost the hot 
 Several router processes may share the file: writes take the lock up front (BEGIN IMMEDIATE)
 and wait for it (busy_timeout), and the size bound lives in the file, kept by triggers, so every
 process and `routerctl buffer replay` see the same count.
+
+The WAL is bounded: a single-record commit appends ~7 pages (~28 KB), so SQLite's default
+checkpoint at 1,000 pages lets it reach ~4 MB. Here the writer runs a PASSIVE checkpoint every
+CHECKPOINT_COMMITS commits, after the appends of the commit that triggered it have returned
+(a checkpoint fsyncs twice: the request whose record it follows must not wait for it), and
+after a delete that empties the outbox (at most once per DRAIN_CHECKPOINT_S). SQLite's own
+checkpoint at WAL_PAGES catches large group commits, and the file is cut back to
+WAL_LIMIT_BYTES when it restarts. Checkpoints stay on the writer's connection: only one run
+between two writes catches up with the log, which is what lets the next write restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +40,10 @@ OnFull = Literal["reject", "drop_oldest"]
 
 _BUSY_MS = 10_000  # another worker's commit or a prune chunk takes milliseconds
 _PRUNE_CHUNK = 5_000  # rows per prune transaction, so appends are never held up for long
+CHECKPOINT_COMMITS = 24  # ~0.7 MB of WAL at one record per commit
+WAL_PAGES = 256  # SQLite checkpoints in the commit past this many pages (1 MiB)
+WAL_LIMIT_BYTES = 1024 * 1024  # size the WAL file is cut back to when it restarts
+DRAIN_CHECKPOINT_S = 1.0  # an emptied outbox is checkpointed at most this often
 
 # seq is AUTOINCREMENT so it is never reused, even after the newest rows are deleted:
 # publishers keep "last seq sent" as their whole cursor. One transaction, so workers opening
@@ -106,7 +120,9 @@ class SqliteOutbox(SqliteStore):
         *,
         batch_window_s: float = 0.002,
         on_drop: Callable[[int], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_bytes < 1 or batch_window_s < 0:
             raise ValueError("max_bytes must be positive and batch_window_s not negative")
@@ -117,7 +133,11 @@ class SqliteOutbox(SqliteStore):
         self._on_full = on_full
         self._window = batch_window_s
         self._on_drop = on_drop
+        self._after_commit = after_commit  # on the worker thread, after every append
         self._clock = clock
+        self._monotonic = monotonic
+        self._drain_checkpoint_at = float("-inf")
+        self._since_checkpoint = 0  # commits
         self._pending: list[_Waiter] = []
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -133,7 +153,7 @@ class SqliteOutbox(SqliteStore):
     async def open(self) -> None:
         self._closing = False
         await super().open()
-        await self._worker.run("open", lambda c: c.execute(f"PRAGMA busy_timeout={_BUSY_MS}"))
+        await self._worker.run("open", _configure)
         self._bytes = (await self.stats()).bytes
 
     async def close(self) -> None:
@@ -167,9 +187,16 @@ class SqliteOutbox(SqliteStore):
         return [OutboxItem(*row) for row in rows]
 
     async def delete(self, seqs: Sequence[int]) -> None:
-        """Remove acknowledged items (unknown seqs are ignored)."""
-        if seqs:
-            self._bytes = await self._worker.run("delete", partial(_delete, seqs=list(seqs)))
+        """Remove acknowledged items (unknown seqs are ignored); checkpoint once drained."""
+        if not seqs:
+            return
+        now = self._monotonic()
+        checkpoint = now - self._drain_checkpoint_at >= DRAIN_CHECKPOINT_S
+        records, self._bytes = await self._worker.run(
+            "delete", partial(_delete, seqs=list(seqs), checkpoint=checkpoint)
+        )
+        if checkpoint and records == 0:
+            self._drain_checkpoint_at = now
 
     async def stats(self) -> OutboxStats:
         return await self._worker.run("stats", _stats)
@@ -250,10 +277,28 @@ class SqliteOutbox(SqliteStore):
                         f" {self._max_bytes} bytes); a {len(row[3])}-byte record was refused"
                     )
                 )
+        await self._checkpoint_if_due()
+
+    async def _checkpoint_if_due(self) -> None:
+        # Its appends have returned: the checkpoint holds up only the next commit, if any.
+        self._since_checkpoint += 1
+        if self._since_checkpoint < CHECKPOINT_COMMITS:
+            return
+        self._since_checkpoint = 0
+        # A full disk or a busy reader: SQLite's own checkpoint still bounds the WAL.
+        with contextlib.suppress(StoreError):
+            await self._worker.run("checkpoint", _checkpoint)
 
     # On the worker thread.
 
     def _insert(self, conn: sqlite3.Connection, *, rows: list[_Row]) -> _Committed:
+        try:
+            return self._insert_rows(conn, rows)
+        finally:
+            if self._after_commit is not None:
+                self._after_commit()  # e.g. re-measure free disk, committed or refused
+
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[_Row]) -> _Committed:
         # IMMEDIATE: take the write lock (waiting for other processes) before reading the size,
         # so the bound is checked against the figure no one else can change meanwhile.
         conn.execute("BEGIN IMMEDIATE")
@@ -308,10 +353,25 @@ def _drop_oldest(conn: sqlite3.Connection, excess: int) -> int:
     return conn.execute("DELETE FROM outbox WHERE seq <= ?", (last,)).rowcount
 
 
-def _delete(conn: sqlite3.Connection, *, seqs: list[int]) -> int:
+def _configure(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+
+
+def _delete(conn: sqlite3.Connection, *, seqs: list[int], checkpoint: bool) -> tuple[int, int]:
     with conn:
         conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-        return _size(conn)[1]
+        records, size = _size(conn)
+    if checkpoint and records == 0:
+        _checkpoint(conn)
+    return records, size
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    # PASSIVE never waits for readers (buffer inspect, other workers); what it cannot copy
+    # now, the next checkpoint will. fetchall: run it to the end, so no read lock is left.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _stats(conn: sqlite3.Connection) -> OutboxStats:

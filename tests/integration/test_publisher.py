@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from appliance.usage.backoff import Backoff
 from appliance.usage.file_sink import FileSink
 from appliance.usage.kafka_sink import KafkaSink
 from appliance.usage.ports import OutboxItem, SinkError, Topic
-from appliance.usage.publisher import Backoff, Publisher, replay
+from appliance.usage.publisher import Publisher, replay
 from appliance.usage.sqlite_outbox import SqliteOutbox
+from tests.integration.kafka_cut import ProduceCutter, ProxiedBroker
 from tests.integration.test_usage_sinks import consume
-from tests.services import KafkaBroker
+from tests.services import KafkaBroker, tansu_binary
+from tests.small_fs import fill as fill_disk
+from tests.small_fs import tmpfs
 
 pytestmark = pytest.mark.services
 
@@ -34,11 +38,13 @@ async def outbox(tmp_path: Path) -> AsyncIterator[SqliteOutbox]:
         yield opened
 
 
-async def fill(outbox: SqliteOutbox, count: int, *, first: int = 0, topic: Topic = "usage") -> None:
-    """Append `count` usage records req-{first}… over three orgs."""
+async def fill(
+    outbox: SqliteOutbox, count: int, *, first: int = 0, topic: Topic = "usage", pad: int = 0
+) -> None:
+    """Append `count` usage records req-{first}… over three orgs (padded by `pad` bytes)."""
     for n in range(first, first + count):
         rid = f"req-{n:05d}"
-        body = {"request_id": rid, "org": f"org-{n % 3}", "n": n}
+        body = {"request_id": rid, "org": f"org-{n % 3}", "n": n, "pad": "x" * pad}
         await outbox.append(topic, f"org-{n % 3}", rid, json.dumps(body).encode())
 
 
@@ -68,6 +74,7 @@ class Observed:
 
     published: list[tuple[str, int]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    resent: list[tuple[str, int]] = field(default_factory=list)
     buffers: list[tuple[int, int, float]] = field(default_factory=list)
 
     def on_published(self, sink: str, n: int, latency_s: float) -> None:
@@ -77,6 +84,9 @@ class Observed:
     def on_failed(self, sink: str, error_kind: str) -> None:
         self.failed.append((sink, error_kind))
 
+    def on_resent(self, sink: str, n: int) -> None:
+        self.resent.append((sink, n))
+
     def on_buffer(self, records: int, bytes: int, oldest_age_s: float) -> None:
         self.buffers.append((records, bytes, oldest_age_s))
 
@@ -85,6 +95,7 @@ class Observer:
     def __init__(self, seen: Observed) -> None:
         self.published = seen.on_published
         self.failed = seen.on_failed
+        self.resent = seen.on_resent
         self.buffer = seen.on_buffer
 
 
@@ -284,6 +295,88 @@ async def test_kafka_outage_keeps_records_then_delivers_each_once(
 
 async def _at_least(items: Sequence[object], n: int) -> bool:
     return len(items) >= n
+
+
+def truncate_wal(path: Path) -> None:
+    """Checkpoint the outbox's WAL into the database and cut the WAL to 0 bytes."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def test_a_failed_delete_does_not_publish_the_batch_again(tmp_path: Path) -> None:
+    """With the disk full, deleting published records fails: the publisher retries the delete,
+    not the publish, so each record reaches the sink once, before and after space returns."""
+    with tmpfs(tmp_path / "fs", 2 * 1024 * 1024) as fs:
+        async with SqliteOutbox(fs / "outbox.sqlite", 50_000_000, "reject") as outbox:
+            await fill(outbox, 20)
+            await asyncio.to_thread(truncate_wal, outbox.path)  # the delete must grow the WAL
+            filler = fill_disk(fs)
+            sink = FlakySink()
+            seen = Observed()
+            publisher = Publisher(outbox, sink, 10, observer=Observer(seen), backoff=FAST)
+            publisher.start()
+            try:
+                await eventually(lambda: _at_least(seen.failed, 4))
+                assert set(seen.failed) == {("outbox", "outbox")}
+                assert sink.ids == ALL_200[:10]  # published once, not once per retry
+                filler.unlink()
+                await eventually(empty(outbox))
+            finally:
+                await publisher.stop()
+    assert sink.ids == ALL_200[:20]
+    assert seen.resent == []
+
+
+@pytest.fixture
+async def cut_kafka(tmp_path: Path) -> AsyncIterator[tuple[ProduceCutter, ProxiedBroker]]:
+    """A Tansu of its own behind a proxy that breaks the link at the 4th Produce request."""
+    cutter = ProduceCutter(cut_at=4)
+    await cutter.start()
+    broker = ProxiedBroker(tansu_binary(), tmp_path / "tansu", cutter.port)
+    try:
+        await asyncio.to_thread(broker.start)
+        cutter.target_port = broker.port
+        yield cutter, broker
+    finally:
+        await cutter.stop()
+        await asyncio.to_thread(broker.close)
+
+
+async def test_a_publish_broken_mid_batch_resends_only_unacknowledged_records(
+    outbox: SqliteOutbox, cut_kafka: tuple[ProduceCutter, ProxiedBroker]
+) -> None:
+    """When the broker link breaks in the middle of a 500-record publish, the records Kafka
+    acknowledged are not sent again: duplicates are at most the records in flight at the
+    break, and every record arrives."""
+    cutter, broker = cut_kafka
+    topic = f"usage-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(broker.create_topic, topic, 1)
+    await fill(outbox, 500, pad=300)  # ~40 records per Produce request
+    seen = Observed()
+    sink = KafkaSink(
+        [f"127.0.0.1:{cutter.port}"],
+        {"usage": topic, "audit": topic},
+        compression=None,
+        timeout_s=5,  # the cut fails the publish at once; a loaded machine must not time out first
+    )
+    publisher = Publisher(outbox, sink, 500, observer=Observer(seen), backoff=FAST)
+    publisher.start()
+    try:
+        await eventually(lambda: _at_least(seen.failed, 1))
+        assert cutter.was_cut, "the publish failed before the cut"
+        cutter.restore()
+        await eventually(empty(outbox), timeout_s=30)
+    finally:
+        await publisher.stop()
+    in_flight, acknowledged = cutter.in_flight_at_cut, cutter.acknowledged_before_cut
+    got = await consume(broker.bootstrap, topic, 500 + in_flight)
+    counts = Counter(dict(r.headers)["record_id"].decode() for r in got)
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"acknowledged before the cut {acknowledged}, in flight {in_flight}, dup {duplicates}")
+    assert set(counts) == {f"req-{n:05d}" for n in range(500)}
+    assert acknowledged > 0
+    assert duplicates <= in_flight < 500 - acknowledged
+    assert 0 < sum(n for _, n in seen.resent) <= 500 - acknowledged  # counted, not the batch
 
 
 # -- replay --------------------------------------------------------------------------------

@@ -157,6 +157,47 @@ async def test_full_buffer_rejects_new_requests_and_drops_nothing() -> None:
         assert stats.records == statuses.count(200)
 
 
+UNREACHABLE = """
+[usage]
+sink = "kafka"
+kafka_bootstrap = ["127.0.0.1:1"]
+"""
+
+
+async def buffer_gauge(router: RouterUnderTest) -> float:
+    async with router.session.get(router.metrics_url) as response:
+        text = await response.text()
+    [value] = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("router_usage_buffer_records ")
+    ]
+    return value
+
+
+async def test_buffer_gauge_shows_the_outbox_depth_while_the_publisher_backs_off() -> None:
+    """router_usage_buffer_records follows the outbox within about a second, even while the
+    publisher waits out a long backoff and attempts nothing."""
+    async with running_router(extra=UNREACHABLE, metrics_listener=True) as router:
+        publisher = router.state.usage.publisher
+        await (await router.post("/v1/chat/completions", chat())).read()  # something to publish
+        for _ in range(400):  # 7 failures: the next attempt is 3.2-6.4 s away
+            if publisher.state.consecutive_failures >= 7:
+                break
+            await asyncio.sleep(0.05)
+        assert publisher.state.consecutive_failures >= 7
+        for _ in range(20):
+            await (await router.post("/v1/chat/completions", chat())).read()
+        waiting = (await router.state.usage.outbox.stats()).records
+        assert waiting >= 20
+        for _ in range(50):  # 2.5 s: well before the publisher's next attempt
+            if await buffer_gauge(router) == waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert await buffer_gauge(router) == waiting
+        assert publisher.state.consecutive_failures >= 7
+
+
 async def test_usage_and_audit_events_reach_kafka(kafka_broker: KafkaBroker) -> None:
     """With the Kafka sink, usage records and limit-denial audit events land in their topics."""
     topic = f"u-{uuid.uuid4().hex[:8]}"

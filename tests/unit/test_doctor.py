@@ -59,6 +59,14 @@ def test_disk_thresholds(free_mb: int, status: str) -> None:
     assert bool(result.fix) == (status != "pass")
 
 
+def test_disk_under_the_reserve_says_requests_are_refused() -> None:
+    """Under state.min_free_mb the disk row fails saying the router refuses every request."""
+    result = thresholds.disk("/state", 10 * MB, 5 * MB, reserve_bytes=64 * MB)
+    assert result.status == "fail"
+    assert "refuses every request" in result.detail
+    assert "min_free_mb" in result.detail
+
+
 @pytest.mark.parametrize(
     ("size", "age", "status"),
     [
