@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 Synchronous = Literal["NORMAL", "FULL"]
 
+_WAL_PAGES = 256  # pages of 4 KiB: a checkpoint at ~1 MiB of write-ahead log
+_WAL_LIMIT_BYTES = 1024 * 1024
+
 
 class StoreError(RuntimeError):
     """A SQLite store could not be opened or used; the message names the file."""
@@ -126,6 +129,10 @@ class SqliteWorker:
         # WAL: readers never block the writer, and a commit is one sequential append.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        # A small state dir must not fill by itself: checkpoint at ~1 MiB of log (SQLite's
+        # default is ~4 MiB) and cut the file back to that size after each checkpoint.
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         (found,) = conn.execute("PRAGMA user_version").fetchone()
         if found > self._version:
             raise StoreError(

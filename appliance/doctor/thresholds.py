@@ -23,7 +23,7 @@ OUTBOX_FILL_FAIL = 0.9
 # + state.min_free_mb + working space).
 DISK_WARN_FACTOR = 2.0
 # Working space of the state dir's SQLite files besides the outbox backlog: the outbox WAL is
-# bounded to ~1 MiB, the audit, spend and override stores' WALs can reach ~4 MiB each.
+# bounded to ~1 MiB, and so are the audit, spend and override stores' WALs.
 # With state.min_free_mb it is the minimum state dir (docs/configuration.md#state).
 STATE_WORKING_MB = 16
 
