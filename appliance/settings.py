@@ -30,6 +30,7 @@ class ServerSettings(_Section, frozen=True):
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
     body_read_timeout_s: PositiveFloat = 30.0
+    header_timeout_s: PositiveFloat = 10.0  # from a head's first byte to its end, else 408
     max_header_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024)] = 16 * 1024
     keep_alive_timeout_s: PositiveFloat = 75.0
     keep_alive_max_requests: Annotated[int, Meta(ge=1)] = 10_000

@@ -183,6 +183,9 @@ async def parse_body(kind: type[_B], *, reason_from_query: bool = False) -> _B:
         raise InvalidRequest(message, param=param) from None
     except msgspec.DecodeError:
         raise InvalidJson() from None
+    except RecursionError:
+        # Typed fields stop a deep value at its first bracket; this guards a future `Any`.
+        raise InvalidJson("The request body nests too deeply.") from None
     if isinstance(body, _Body) and not body.reason.strip():
         raise InvalidRequest(
             "A non-empty 'reason' is required: say why, it goes to the audit log.", param="reason"

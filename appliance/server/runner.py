@@ -9,19 +9,18 @@ its clients and we exit 0.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
-from aiohttp import web
 from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import LifespanFailureError
 
 from appliance.app import build_app
 from appliance.configsvc.service import ConfigService, ReloadRefused
-from appliance.settings import ServerSettings, parse_listen
+from appliance.server.hypercorn_setup import hypercorn_config
+from appliance.server.metrics_listener import MetricsListener
+from appliance.server.startup_error import StartupError
 from appliance.settings_loader import LoadedConfig
 from appliance.telemetry.logging import configure_logging, get_logger
 from appliance.telemetry.metrics import Metrics
@@ -32,10 +31,6 @@ ConfigSource = Callable[[AsyncExitStack], Awaitable[LoadedConfig]]
 Started = Callable[[LoadedConfig], None]
 
 _log = get_logger("routerctl.server")
-
-
-class StartupError(RuntimeError):
-    """The app could not start (state dir, stores): one line for the operator."""
 
 
 def run(source: ConfigSource, on_started: Started | None = None) -> int:
@@ -69,6 +64,7 @@ async def serve(source: ConfigSource, on_started: Started | None = None) -> None
             config = await source(stack)
             configure_logging(config.settings.telemetry)
             server = config.settings.server
+            listener_config = hypercorn_config(server)  # first: it refuses a foreign hypercorn
             metrics = Metrics()
             built = build_app(config, metrics)
             reloads: set[asyncio.Task[None]] = set()
@@ -82,7 +78,7 @@ async def serve(source: ConfigSource, on_started: Started | None = None) -> None
                 on_started(config)
             await hypercorn_serve(
                 built.asgi,  # type: ignore[arg-type]
-                hypercorn_config(server),
+                listener_config,
                 shutdown_trigger=_announce(
                     stop, built.state.readiness.begin_shutdown, server.shutdown_delay_s
                 ),
@@ -110,33 +106,6 @@ def _reload_on_signal(service: ConfigService, tasks: set[asyncio.Task[None]]) ->
     task.add_done_callback(tasks.discard)
 
 
-def hypercorn_config(server: ServerSettings) -> HypercornConfig:
-    config = HypercornConfig()
-    host, port = parse_listen(server.listen)
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.worker_class = "uvloop"
-    config.graceful_timeout = server.graceful_shutdown_s
-    config.keep_alive_timeout = server.keep_alive_timeout_s
-    config.keep_alive_max_requests = server.keep_alive_max_requests
-    config.h11_max_incomplete_size = server.max_header_bytes
-    config.h2_max_concurrent_streams = 100
-    config.backlog = 2048
-    config.accesslog = None  # our edge middleware writes the access log
-    errorlog = logging.getLogger("hypercorn.error")  # one handler: our root config
-    errorlog.addFilter(_drop_startup_failure)
-    config.errorlog = errorlog
-    # hypercorn's own read timeout is for idle keep-alive; bodies are timed by EdgeMiddleware.
-    config.read_timeout = None
-    return config
-
-
-def _drop_startup_failure(record: logging.LogRecord) -> bool:
-    # `routerctl serve` reports a failed start as one line (StartupError); hypercorn's own
-    # log of it would add a traceback before that line.
-    failure = record.exc_info[1] if record.exc_info else None
-    return not isinstance(failure, LifespanFailureError)
-
-
 def _announce(
     stop: asyncio.Event, unready: Callable[[], None], delay_s: float
 ) -> Callable[[], Awaitable[None]]:
@@ -151,30 +120,3 @@ def _announce(
         _log.info("draining", detail="stopped accepting; waiting for requests in flight")
 
     return wait
-
-
-class MetricsListener:
-    """Prometheus text on its own listener, so scraping never competes with the public API."""
-
-    def __init__(self, listen: str, metrics: Metrics) -> None:
-        self._host, self._port = parse_listen(listen)
-        self._metrics = metrics
-        self._runner: web.AppRunner | None = None
-
-    async def __aenter__(self) -> MetricsListener:
-        app = web.Application()
-        app.router.add_get("/metrics", self._render)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _render(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=self._metrics.render(),
-            headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
-        )

@@ -1,0 +1,45 @@
+"""hypercorn's config from `[server]`, with the HTTP/1.1 hardening installed."""
+
+from __future__ import annotations
+
+import logging
+
+from hypercorn.utils import LifespanFailureError
+
+from appliance.server import h11_hardening
+from appliance.server.h11_hardening import HardenedConfig
+from appliance.settings import ServerSettings, parse_listen
+
+
+def hypercorn_config(server: ServerSettings) -> HardenedConfig:
+    """The config to serve with; raises StartupError on a hypercorn the hardening does not fit.
+
+    Installing the hardening here means every server built from this config, the tests'
+    included, speaks the same HTTP/1.1.
+    """
+    h11_hardening.install()
+    config = HardenedConfig()
+    host, port = parse_listen(server.listen)
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.worker_class = "uvloop"
+    config.graceful_timeout = server.graceful_shutdown_s
+    config.keep_alive_timeout = server.keep_alive_timeout_s
+    config.keep_alive_max_requests = server.keep_alive_max_requests
+    config.h11_max_incomplete_size = server.max_header_bytes
+    config.header_timeout_s = server.header_timeout_s
+    config.backlog = 2048
+    config.accesslog = None  # our edge middleware writes the access log
+    errorlog = logging.getLogger("hypercorn.error")  # one handler: our root config
+    errorlog.addFilter(_drop_startup_failure)
+    config.errorlog = errorlog
+    # hypercorn's own read timeout is for idle keep-alive; heads are timed by the hardened
+    # protocol (header_timeout_s), bodies by EdgeMiddleware.
+    config.read_timeout = None
+    return config
+
+
+def _drop_startup_failure(record: logging.LogRecord) -> bool:
+    # `routerctl serve` reports a failed start as one line (StartupError); hypercorn's own
+    # log of it would add a traceback before that line.
+    failure = record.exc_info[1] if record.exc_info else None
+    return not isinstance(failure, LifespanFailureError)
