@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -18,12 +18,12 @@ from redis.backoff import NoBackoff
 from appliance.audit.sink import AuditSink
 from appliance.limits.budget_gate import BudgetGate
 from appliance.limits.budget_service import HttpBudgetAuthority
-from appliance.limits.concurrency import LeaseKeeper, MemoryConcurrencyStore, RedisConcurrencyStore
-from appliance.limits.limiter import Limiter, LimiterStores, background
-from appliance.limits.memory_store import MemoryBucketStore
+from appliance.limits.concurrency import LeaseKeeper
+from appliance.limits.limiter import Limiter, LimiterStores
+from appliance.limits.memory_store import MemoryAdmissionStore
 from appliance.limits.ports import LimiterBackendError
-from appliance.limits.redis_store import RedisBucketStore
-from appliance.limits.spend_redis import RedisSpendStore
+from appliance.limits.redis_store import RedisAdmissionStore
+from appliance.limits.settler import Settler
 from appliance.limits.spend_sqlite import SqliteSpendStore
 from appliance.settings import Settings
 from appliance.telemetry.limit_metrics import LimitMetrics
@@ -39,34 +39,40 @@ class LimitParts:
 
     limiter: Limiter
     sink: AuditSink
-    spend: SqliteSpendStore | RedisSpendStore
+    settler: Settler
+    spend: SqliteSpendStore | None = None  # embedded mode only
     redis: Redis | None = None
-    buckets: RedisBucketStore | None = None
+    shared: RedisAdmissionStore | None = None
     keeper: LeaseKeeper | None = None
     authority: HttpBudgetAuthority | None = None
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def tasks(self) -> set[asyncio.Future[None]]:
+        """Limiter work still running in the background (settlements queued or being sent)."""
+        idle = self.settler.idle()
+        return set() if idle is None else {idle}
 
     async def open(self) -> None:
-        if isinstance(self.spend, SqliteSpendStore):
+        if self.spend is not None:
             await self.spend.open()
-        if self.buckets is not None:
+        if self.shared is not None:
             try:
-                await self.buckets.open()
+                await self.shared.open()
             except LimiterBackendError as exc:
                 # Redis down at start: serve in the failure mode; the store retries itself.
                 _log.warning("limiter_store_unavailable_at_start", error=str(exc))
         if self.keeper is not None:
             self.keeper.start()
+        self.settler.start()
 
     async def close(self) -> None:
         if self.keeper is not None:
             await self.keeper.stop()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.settler.close()  # before the stores it writes to close
         await self.sink.drain()
         if self.authority is not None:
             await self.authority.close()
-        if isinstance(self.spend, SqliteSpendStore):
+        if self.spend is not None:
             await self.spend.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -75,39 +81,21 @@ class LimitParts:
 def build_limits(
     settings: Settings, state_dir: Path, metrics: Metrics, sink: AuditSink
 ) -> LimitParts:
-    """Embedded (in-process buckets, SQLite spend) or shared (Redis), chosen here only."""
+    """Embedded (in-process limits, SQLite spend) or shared (Redis), chosen here only."""
     limits = settings.limits
-    local_buckets, local_slots = MemoryBucketStore(), MemoryConcurrencyStore()
-    tasks: set[asyncio.Task[None]] = set()
-    redis: Redis | None = None
-    buckets: RedisBucketStore | None = None
-    keeper: LeaseKeeper | None = None
-    spend: SqliteSpendStore | RedisSpendStore
+    observer = LimitMetrics(metrics.registry)
+    redis, shared, keeper, spend = None, None, None, None
     if settings.state.redis_url:
-        # A blocking pool queues callers for a connection (each call is still bounded by
-        # redis_timeout_s) instead of failing past max_connections.
-        pool = BlockingConnectionPool.from_url(
-            settings.state.redis_url,
-            max_connections=64,
-            timeout=2.0,
-            # Each store call is bounded by redis_timeout_s; socket timeouts only clean up.
-            socket_timeout=0.5,
-            socket_connect_timeout=0.5,
-            health_check_interval=10,
-            # One immediate retry replaces a stale pooled connection after a Redis restart.
-            retry=Retry(NoBackoff(), 1),
-        )
-        redis = Redis.from_pool(pool)
-        buckets = RedisBucketStore(redis, timeout_s=limits.redis_timeout_s)
-        slots = RedisConcurrencyStore(
+        redis = _redis_client(settings.state.redis_url)
+        shared = RedisAdmissionStore(
             redis, lease_s=limits.concurrency_lease_s, timeout_s=limits.redis_timeout_s
         )
-        keeper = LeaseKeeper(slots)
-        spend = RedisSpendStore(redis, timeout_s=limits.redis_timeout_s)
-        stores = LimiterStores(buckets, slots, local_buckets, local_slots, shared=True)
+        keeper = LeaseKeeper(shared)
+        # The in-process store is the fallback while Redis is away: no budget checks then.
+        stores = LimiterStores(local=MemoryAdmissionStore(), shared=shared)
     else:
         spend = SqliteSpendStore(state_dir / "spend.sqlite")
-        stores = LimiterStores(local_buckets, local_slots, local_buckets, local_slots, shared=False)
+        stores = LimiterStores(local=MemoryAdmissionStore(spend=BudgetGate(spend, time.monotonic)))
     authority = None
     if settings.budget.service_url:
         authority = HttpBudgetAuthority(
@@ -116,15 +104,33 @@ def build_limits(
             ttl_s=settings.budget.cache_ttl_s,
             timeout_s=settings.budget.timeout_s,
         )
+    settler = Settler(observer)
     limiter = Limiter(
         stores=stores,
-        budgets=BudgetGate(spend, authority, time.time, time.monotonic),
+        authority=authority,
+        settler=settler,
         fail_open=settings.state.redis_failure_mode == "open",
         expected_replicas=limits.expected_replicas,
-        observer=LimitMetrics(metrics.registry),
+        observer=observer,
         audit=sink,
-        spawn=background(tasks),
         wall=time.time,
         monotonic=time.monotonic,
     )
-    return LimitParts(limiter, sink, spend, redis, buckets, keeper, authority, tasks)
+    return LimitParts(limiter, sink, settler, spend, redis, shared, keeper, authority)
+
+
+def _redis_client(url: str) -> Redis:
+    # A blocking pool queues callers for a connection (each call is still bounded by
+    # redis_timeout_s) instead of failing past max_connections.
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=2.0,
+        # Each store call is bounded by redis_timeout_s; socket timeouts only clean up.
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        health_check_interval=10,
+        # One immediate retry replaces a stale pooled connection after a Redis restart.
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis.from_pool(pool)

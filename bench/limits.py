@@ -106,13 +106,14 @@ def verify(
 ) -> tuple[dict[str, object], list[str], list[str]]:
     """After the run: did the limits really go through Redis? Returns facts, failures, warnings.
 
-    Each admitted request is one EVALSHA on the way in (the 4-bucket take) and, as the estimate
-    is never exact here, one per tpm bucket when its usage settles: 3 in all. So valkey must
-    have served at least as many EVALSHAs as wrk counted good responses, or the row measured
-    something else (a failure). A Redis call that fails on the request path is a 503 (closed
-    mode) and already fails its case; a settlement that fails (e.g. times out) happens in the
-    background, leaves the answer intact and is only counted in
-    `router_limiter_backend_errors_total`: a warning, with the router's log lines about it.
+    Each admitted request is exactly one EVALSHA on the way in (the limits script decides every
+    bucket, slot and budget at once) and, as the estimate is never exact here, its settlement
+    goes out in a batch with others: one EVALSHA per org per batch, so between one and two per
+    request in all. So valkey must have served at least as many EVALSHAs as wrk counted good
+    responses, or the row measured something else (a failure). A Redis call that fails on the
+    request path is a 503 (closed mode) and already fails its case; a settlement that fails
+    (e.g. times out) happens in the background, leaves the answer intact and is only counted
+    in `router_limiter_backend_errors_total`: a warning, with the router's log lines about it.
     """
     time.sleep(0.2)  # let the last background settlements land
     calls = evalsha_calls(valkey)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from urllib.parse import urlsplit
 
@@ -15,10 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from appliance.doctor import thresholds
 from appliance.doctor.report import CheckResult, describe, failed, passed, skipped, warned
-from appliance.limits.redis_store import BUCKET_LUA
+from appliance.limits.redis_script import BUCKET_SHA  # the limits script, buckets included
 from appliance.settings import Settings
-
-BUCKET_SHA = hashlib.sha1(BUCKET_LUA.encode(), usedforsecurity=False).hexdigest()
 
 
 async def check_redis(settings: Settings, timeout_s: float) -> list[CheckResult]:

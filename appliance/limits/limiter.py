@@ -1,10 +1,11 @@
 """The limiter: admit a request against its rate, concurrency and budget limits, then settle.
 
-On the way in: one bucket round trip for every enforced rate limit together, a slot per
-concurrency limit, and a budget check that is usually served from memory. On the way out,
-off the response path: the token estimate is settled against real usage, the cost is
-added to the org's month, slots are released. Shadow limits are evaluated in the
-background, metered and logged as would-deny, never enforced.
+On the way in, one call to the limit store decides everything at once: the org's spend
+against its budget, every token bucket (enforced all or nothing, shadow ones each on its
+own) and every concurrency slot; with Redis that is one round trip. On the way out, off
+the response path, the request's settlement (the token estimate trued up to real usage,
+its slots released, its cost added to the org's month) is queued for the Settler, which
+sends it in a batch with others.
 
 While the shared store fails, `open` admits against in-process buckets holding this
 replica's share of each limit, and `closed` answers 503; the store is retried after a
@@ -13,10 +14,10 @@ short pause, so a dead Redis costs at most one short timeout per pause, not per 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+import itertools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from appliance.audit.events import AuditEvent
 from appliance.errors import (
@@ -26,22 +27,28 @@ from appliance.errors import (
     RateLimitExceeded,
     RequestExceedsLimit,
 )
-from appliance.limits.budget import cost_usd
-from appliance.limits.budget_gate import BudgetGate
+from appliance.limits.budget import cost_usd, period_end, period_of, period_start
 from appliance.limits.policy import Limit, LimitPolicy, bucket_spec, oversized, rate_headers
 from appliance.limits.ports import (
-    Admission,
-    BucketStore,
-    ConcurrencyStore,
+    RATE,
+    Adjust,
+    AdmissionStore,
+    AdmitRequest,
+    BucketSpec,
+    BudgetAuthority,
     LimiterBackendError,
     LimitObserver,
+    Settlement,
+    SlotSpec,
+    SpendCheck,
+    Verdict,
 )
+from appliance.limits.settler import Settler
 from appliance.telemetry.logging import get_logger
 
 _RETRY_STORE_AFTER_S = 1.0
 _log = get_logger("routerctl.limits")
 
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
 Audit = Callable[[AuditEvent], None]
 
 
@@ -52,19 +59,20 @@ class Permit:
     policy: LimitPolicy
     estimate: int
     headers: dict[str, str]
-    store: BucketStore | None = None  # where the token buckets were charged
-    slots: list[tuple[ConcurrencyStore, str]] = field(default_factory=list)
     request_id: str = ""
+    holder: str = ""  # the lease member of its slots: unique, unlike a client's request id
+    store: AdmissionStore | None = None  # where its buckets were charged and slots taken
+    tpm: tuple[BucketSpec, ...] = ()  # the enforced tpm buckets, to true up
+    slots: tuple[str, ...] = ()  # slot keys held, until released
+    bill: tuple[tuple[Adjust, ...], float] | None = None  # settled, waiting for the release
     settled: bool = False  # the reservation is settled once, however the request ended
+    released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class LimiterStores:
-    buckets: BucketStore
-    concurrency: ConcurrencyStore
-    local_buckets: BucketStore  # in-process fallback (or the only store when embedded)
-    local_concurrency: ConcurrencyStore
-    shared: bool  # True when `buckets`/`concurrency` are Redis
+    local: AdmissionStore  # in-process: the only store when embedded, else the fallback
+    shared: AdmissionStore | None = None  # Redis, when replicas share limits
 
 
 class Limiter:
@@ -72,30 +80,36 @@ class Limiter:
         self,
         *,
         stores: LimiterStores,
-        budgets: BudgetGate,
+        authority: BudgetAuthority | None,
+        settler: Settler,
         fail_open: bool,
         expected_replicas: int,
         observer: LimitObserver,
         audit: Audit,
-        spawn: Spawn,
         wall: Callable[[], float],
         monotonic: Callable[[], float],
     ) -> None:
-        self._s = stores
-        self._budgets = budgets
+        self._local, self._shared = stores.local, stores.shared
+        self._spend_store = stores.shared or stores.local  # where every request's cost goes
+        self._authority = authority
+        self._settler = settler
         self._fail_open = fail_open
         self._share = 1.0 / expected_replicas
         self._observer = observer
         self._audit = audit
-        self._spawn = spawn
         self._wall = wall
         self._monotonic = monotonic
         self._store_down_until = 0.0
         self._reported_degraded = False
+        self._period, self._period_starts, self._period_ends = "", 0.0, 0.0
+        # Lease members: this limiter's id and a counter, unique across replicas and
+        # requests even when clients reuse an x-request-id.
+        self._holder_prefix = uuid.uuid4().hex[:16] + "-"
+        self._holders = itertools.count()
 
     @property
     def degraded(self) -> bool:
-        return self._s.shared and self._monotonic() < self._store_down_until
+        return self._shared is not None and self._monotonic() < self._store_down_until
 
     async def admit(self, policy: LimitPolicy, estimate: int, request_id: str) -> Permit:
         """Admit or raise RateLimitExceeded / ConcurrencyLimitExceeded / BudgetExceeded."""
@@ -109,21 +123,21 @@ class Limiter:
                 param="max_tokens",
             )
         permit = Permit(policy, estimate, {}, request_id=request_id)
-        await self._check_budget(policy, request_id)
-        enforced = tuple(lim for lim in policy.rates if not lim.shadow)
-        if enforced:
-            admission, permit.store = await self._take(enforced, estimate)
-            permit.headers = rate_headers(enforced, admission.readings)
-            if not admission.admitted:
-                self._deny_rate(policy, enforced, admission, request_id, permit.headers)
-        shadow = tuple(lim for lim in policy.rates if lim.shadow)
-        if shadow:
-            self._spawn(self._evaluate_shadow(policy, shadow, estimate, request_id))
-        try:
-            await self._acquire_slots(permit)
-        except BaseException:
-            self.release(permit)
-            raise
+        if self._authority is not None:
+            await self._check_authority(policy, request_id)
+        if policy.limited or (policy.budget_usd > 0 and self._authority is None):
+            permit.holder = f"{self._holder_prefix}{next(self._holders)}"
+            store, request, verdict = await self._decide(policy, estimate, permit.holder)
+            self._judge(policy, request, verdict, permit)
+            permit.store = store
+            permit.tpm = tuple(
+                s
+                for lim, s in zip(policy.enforced, request.buckets, strict=True)
+                if lim.name == "tpm"
+            )
+            permit.slots = tuple(
+                s.key for s, held in zip(request.slots, verdict.slots, strict=True) if held
+            )
         self._observer.decision(self._monotonic() - started)
         return permit
 
@@ -135,48 +149,157 @@ class Limiter:
         if permit.settled:
             return
         permit.settled = True
-        self._spawn(self._settle(permit, prompt, completion, prices))
+        actual = prompt + completion
+        delta = float(permit.estimate - actual)
+        adjusts = tuple(Adjust(s.key, s.capacity, s.refill_per_s, delta) for s in permit.tpm)
+        try:
+            usd = cost_usd(prompt, completion, *prices)
+        except ValueError as exc:  # a negative count or price: never a credit, never a crash
+            _log.error("limiter_bill_refused", error=str(exc), org=permit.policy.org)
+            usd = 0.0
+        permit.bill = (adjusts if delta else (), usd)
+        if permit.released or not permit.slots:
+            self._submit(permit)  # else it goes with the release: one settlement, not two
 
     def release(self, permit: Permit) -> None:
-        slots, permit.slots = permit.slots, []
-        for store, key in slots:
-            self._spawn(self._release(store, key, permit.request_id))
-
-    async def _check_budget(self, policy: LimitPolicy, request_id: str) -> None:
-        if policy.budget_usd <= 0 and not self._budgets.external:
+        """The request is over: give its concurrency slots back (with its bill, if settled)."""
+        if permit.released:
             return
+        permit.released = True
+        if permit.slots:
+            self._submit(permit)
+
+    async def _check_authority(self, policy: LimitPolicy, request_id: str) -> None:
+        assert self._authority is not None
         try:
-            status = await self._budgets.status(policy.org, policy.budget_usd)
+            status = await self._authority.status(policy.org)
         except LimiterBackendError as exc:
             self._store_failed(exc)
             return  # budgets are checked again on the next request; never block on them
-        if status is None or status.spent_usd < status.limit_usd:
-            return
+        if status.spent_usd >= status.limit_usd:
+            self._deny_budget(policy, request_id, status.limit_usd)
+
+    async def _decide(
+        self, policy: LimitPolicy, estimate: int, holder: str
+    ) -> tuple[AdmissionStore, AdmitRequest, Verdict]:
+        if self._shared is not None:
+            if not self.degraded:
+                request = self._request(policy, estimate, holder, share=1.0, budget=True)
+                try:
+                    verdict = await self._shared.admit(request)
+                except LimiterBackendError as exc:
+                    self._store_failed(exc)
+                else:
+                    self._store_answered()
+                    return self._shared, request, verdict
+            elif not self._fail_open:
+                raise LimiterUnavailable()
+            # This replica's share of each limit; budgets are not checked meanwhile.
+            request = self._request(policy, estimate, holder, self._share, budget=False)
+            return self._local, request, await self._local.admit(request)
+        request = self._request(policy, estimate, holder, share=1.0, budget=True)
+        try:
+            return self._local, request, await self._local.admit(request)
+        except LimiterBackendError as exc:  # the spend file could not be read
+            self._store_failed(exc)
+            request = replace(request, budget=None)
+            return self._local, request, await self._local.admit(request)
+
+    def _request(
+        self, policy: LimitPolicy, estimate: int, holder: str, share: float, budget: bool
+    ) -> AdmitRequest:
+        check = None
+        if budget and policy.budget_usd > 0 and self._authority is None:
+            check = SpendCheck(self._current_period(), policy.budget_usd, not policy.budget_shadow)
+        return AdmitRequest(
+            org=policy.org,
+            holder=holder,
+            buckets=tuple(bucket_spec(r, estimate, share) for r in policy.enforced),
+            shadow=tuple(bucket_spec(r, estimate, share) for r in policy.shadow),
+            slots=tuple(
+                SlotSpec(c.key, max(1, int(c.value * share)), not c.shadow)
+                for c in policy.concurrency
+            ),
+            budget=check,
+        )
+
+    def _judge(
+        self, policy: LimitPolicy, request: AdmitRequest, verdict: Verdict, permit: Permit
+    ) -> None:
+        """Raise the refusal the verdict names; record every shadow limit that would refuse."""
+        check = request.budget
+        if check is not None and verdict.spent_usd >= check.limit_usd:
+            self._deny_budget(policy, permit.request_id, check.limit_usd)
+        if policy.enforced:
+            permit.headers = rate_headers(policy.enforced, verdict.buckets.readings)
+        if verdict.refused == RATE:
+            self._deny_rate(policy, policy.enforced, verdict, permit)
+        for lim, charged in zip(policy.shadow, verdict.shadow, strict=False):
+            if not charged:
+                self._record_denial(policy, lim, permit.request_id)
+                _log.info("shadow_limit_would_deny", org=policy.org, limit=lim.key)
+        for lim, free in zip(policy.concurrency, verdict.slots, strict=False):
+            if free:
+                continue
+            self._record_denial(policy, lim, permit.request_id)
+            if not lim.shadow:
+                raise ConcurrencyLimitExceeded(
+                    f"Too many requests in flight for {lim.scope} '{lim.owner}': "
+                    f"limit {lim.value}.",
+                    retry_after_s=1,
+                )
+
+    def _deny_budget(self, policy: LimitPolicy, request_id: str, limit_usd: float) -> None:
         self._observer.budget_denied(policy.org, policy.budget_shadow)
-        self._record_denial(policy, "monthly_budget_usd", request_id, policy.budget_shadow)
+        self._audit_denial(policy, "monthly_budget_usd", request_id, policy.budget_shadow)
         if not policy.budget_shadow:
             raise BudgetExceeded(
                 f"Organization '{policy.org}' has spent its monthly budget of "
-                f"${status.limit_usd:.2f}; it renews at the start of next month (UTC)."
+                f"${limit_usd:.2f}; it renews at the start of next month (UTC)."
             )
 
-    async def _take(
-        self, limits: tuple[Limit, ...], estimate: int
-    ) -> tuple[Admission, BucketStore]:
-        if self._s.shared and not self.degraded:
-            specs = [bucket_spec(lim, estimate) for lim in limits]
-            try:
-                admission = await self._s.buckets.take(specs)
-            except LimiterBackendError as exc:
-                self._store_failed(exc)
-            else:
-                self._store_answered()
-                return admission, self._s.buckets
-        elif self._s.shared and not self._fail_open:
-            raise LimiterUnavailable()
-        share = self._share if self._s.shared else 1.0
-        specs = [bucket_spec(lim, estimate, share) for lim in limits]
-        return await self._s.local_buckets.take(specs), self._s.local_buckets
+    def _deny_rate(
+        self, policy: LimitPolicy, limits: tuple[Limit, ...], verdict: Verdict, permit: Permit
+    ) -> None:
+        readings = verdict.buckets.readings
+        denied = [lim for lim, r in zip(limits, readings, strict=True) if r.retry_after_s > 0]
+        for lim in denied:
+            self._record_denial(policy, lim, permit.request_id)
+        worst = denied[0] if denied else limits[0]
+        what = "requests" if worst.name == "rpm" else "tokens"
+        raise RateLimitExceeded(
+            f"Rate limit reached for {what} per minute on {worst.scope} "
+            f"'{worst.owner}': limit {worst.value}. Retry after the time in Retry-After.",
+            retry_after_s=verdict.buckets.retry_after_s,
+            headers=permit.headers,
+        )
+
+    def _submit(self, permit: Permit) -> None:
+        """Queue what the permit has to settle now: its bill, its slots once released."""
+        releases: tuple[str, ...] = ()
+        bill = permit.bill
+        if permit.released:
+            releases, permit.slots = permit.slots, ()
+        permit.bill = None
+        adjusts, usd = bill if bill is not None else ((), 0.0)
+        store = permit.store or self._spend_store
+        org, holder = permit.policy.org, permit.holder
+        period = self._current_period() if usd else ""
+        if store is not self._spend_store and usd:
+            # Admitted in-process while Redis was away: the spend still goes to Redis.
+            self._settler.submit(self._spend_store, Settlement(org, usd=usd, period=period))
+            usd = 0.0
+        if adjusts or releases or usd:
+            self._settler.submit(store, Settlement(org, holder, adjusts, releases, usd, period))
+
+    def _current_period(self) -> str:
+        """The UTC month of now, "YYYY-MM": recomputed only when the month changes."""
+        now = self._wall()
+        if not self._period_starts <= now < self._period_ends:
+            self._period = period_of(now)
+            self._period_starts = float(period_start(self._period))
+            self._period_ends = float(period_end(now))
+        return self._period
 
     def _store_failed(self, exc: LimiterBackendError) -> None:
         self._observer.backend_error()
@@ -194,113 +317,11 @@ class Limiter:
             _log.warning("limiter_recovered")
             self._observer.degraded(False)
 
-    def _deny_rate(
-        self,
-        policy: LimitPolicy,
-        limits: tuple[Limit, ...],
-        admission: Admission,
-        request_id: str,
-        headers: dict[str, str],
-    ) -> None:
-        denied = [
-            lim for lim, r in zip(limits, admission.readings, strict=True) if r.retry_after_s > 0
-        ]
-        for lim in denied:
-            self._observer.denied(policy.org, lim.scope, lim.name, False)
-            self._record_denial(policy, lim.key, request_id, False)
-        worst = denied[0] if denied else limits[0]
-        what = "requests" if worst.name == "rpm" else "tokens"
-        raise RateLimitExceeded(
-            f"Rate limit reached for {what} per minute on {worst.scope} "
-            f"'{worst.owner}': limit {worst.value}. Retry after the time in Retry-After.",
-            retry_after_s=admission.retry_after_s,
-            headers=headers,
-        )
+    def _record_denial(self, policy: LimitPolicy, lim: Limit, request_id: str) -> None:
+        self._observer.denied(policy.org, lim.scope, lim.name, lim.shadow)
+        self._audit_denial(policy, lim.key, request_id, lim.shadow)
 
-    async def _acquire_slots(self, permit: Permit) -> None:
-        for lim in permit.policy.concurrency:
-            store = self._concurrency_store()
-            limit = lim.value
-            if store is self._s.local_concurrency and self._s.shared:
-                limit = max(1, int(lim.value * self._share))
-            try:
-                acquired = await store.acquire(lim.key, limit, permit.request_id)
-            except LimiterBackendError as exc:
-                self._store_failed(exc)
-                store = self._s.local_concurrency
-                acquired = await store.acquire(
-                    lim.key, max(1, int(limit * self._share)), permit.request_id
-                )
-            if acquired:
-                permit.slots.append((store, lim.key))
-                continue
-            self._observer.denied(permit.policy.org, lim.scope, lim.name, lim.shadow)
-            self._record_denial(permit.policy, lim.key, permit.request_id, lim.shadow)
-            if not lim.shadow:
-                raise ConcurrencyLimitExceeded(
-                    f"Too many requests in flight for {lim.scope} '{lim.owner}': "
-                    f"limit {lim.value}.",
-                    retry_after_s=1,
-                )
-
-    def _concurrency_store(self) -> ConcurrencyStore:
-        if self._s.shared and not self.degraded:
-            return self._s.concurrency
-        if self._s.shared and not self._fail_open:
-            raise LimiterUnavailable()
-        return self._s.local_concurrency
-
-    async def _evaluate_shadow(
-        self, policy: LimitPolicy, limits: tuple[Limit, ...], estimate: int, request_id: str
-    ) -> None:
-        store = self._s.buckets if self._s.shared and not self.degraded else self._s.local_buckets
-        for lim in limits:  # one by one: a shadow limit charges only itself
-            try:
-                admission = await store.take([bucket_spec(lim, estimate)])
-            except LimiterBackendError:
-                return
-            if not admission.admitted:
-                self._observer.denied(policy.org, lim.scope, lim.name, True)
-                self._record_denial(policy, lim.key, request_id, True)
-                _log.info("shadow_limit_would_deny", org=policy.org, limit=lim.key)
-
-    async def _settle(
-        self, permit: Permit, prompt: int, completion: int, prices: tuple[float, float]
-    ) -> None:
-        actual = prompt + completion
-        if permit.store is not None and actual != permit.estimate:
-            for lim in permit.policy.rates:
-                if lim.name != "tpm" or lim.shadow:
-                    continue
-                spec = bucket_spec(lim, permit.estimate)
-                try:
-                    await permit.store.adjust(
-                        spec.key, spec.capacity, spec.refill_per_s, permit.estimate - actual
-                    )
-                except LimiterBackendError as exc:
-                    self._note_background_failure(exc)
-        usd = cost_usd(prompt, completion, prices[0], prices[1])
-        if usd > 0:
-            try:
-                total = await self._budgets.charge(permit.policy.org, usd)
-            except LimiterBackendError as exc:
-                self._note_background_failure(exc)
-            else:
-                self._observer.spent(permit.policy.org, total)
-
-    async def _release(self, store: ConcurrencyStore, key: str, holder: str) -> None:
-        try:
-            await store.release(key, holder)
-        except LimiterBackendError as exc:
-            self._note_background_failure(exc)  # the lease frees the slot when it lapses
-
-    def _note_background_failure(self, exc: LimiterBackendError) -> None:
-        self._observer.backend_error()
-        _log.warning("limiter_background_error", error=str(exc))
-
-    def _record_denial(
-        self, policy: LimitPolicy, limit: str, request_id: str, shadow: bool
-    ) -> None:
+    def _audit_denial(self, policy: LimitPolicy, limit: str, request_id: str, shadow: bool) -> None:
         self._audit(
             AuditEvent(
                 kind="limit.shadow_deny" if shadow else "limit.deny",
@@ -311,14 +332,3 @@ class Limiter:
                 subject=limit,
             )
         )
-
-
-def background(tasks: set[asyncio.Task[None]]) -> Spawn:
-    """A spawner that keeps references to its tasks until they finish."""
-
-    def spawn(coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    return spawn

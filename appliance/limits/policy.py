@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.limits.ports import BucketReading, BucketSpec
@@ -22,10 +22,10 @@ class Limit:
     name: str  # "rpm" | "tpm" | "max_concurrent"
     value: int
     shadow: bool
+    key: str = field(init=False, compare=False)  # "org:acme:rpm": made once, read per request
 
-    @property
-    def key(self) -> str:
-        return f"{self.scope}:{self.owner}:{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.scope}:{self.owner}:{self.name}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,12 @@ class LimitPolicy:
     concurrency: tuple[Limit, ...]
     budget_usd: float  # 0 = none (unless an external authority is configured)
     budget_shadow: bool
+    enforced: tuple[Limit, ...] = field(init=False, compare=False)  # rates not in shadow
+    shadow: tuple[Limit, ...] = field(init=False, compare=False)  # rates in shadow
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "enforced", tuple(r for r in self.rates if not r.shadow))
+        object.__setattr__(self, "shadow", tuple(r for r in self.rates if r.shadow))
 
     @property
     def limited(self) -> bool:
@@ -97,8 +103,8 @@ def oversized(limits: tuple[Limit, ...], estimate_tokens: int) -> Limit | None:
 def estimate_tokens(payload: dict[str, Any], max_tokens: int | None, default_max: int) -> int:
     """Prompt estimate (characters / 4) plus the completion the client allows."""
     chars = 0
-    for field in ("messages", "prompt", "input"):
-        chars += _text_length(payload.get(field))
+    for name in ("messages", "prompt", "input"):
+        chars += _text_length(payload.get(name))
     return max(1, math.ceil(chars / _CHARS_PER_TOKEN)) + (max_tokens or default_max)
 
 
@@ -114,12 +120,17 @@ def _text_length(value: Any) -> int:
 
 def rate_headers(limits: tuple[Limit, ...], readings: tuple[BucketReading, ...]) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers from the tightest request and token buckets."""
+    tightest: dict[str, tuple[float, Limit, BucketReading]] = {}
+    for lim, r in zip(limits, readings, strict=True):
+        fill = r.remaining / max(r.capacity, 1.0)
+        best = tightest.get(lim.name)
+        if best is None or fill < best[0]:  # the first of equals, like min()
+            tightest[lim.name] = (fill, lim, r)
     headers: dict[str, str] = {}
     for name, suffix in (("rpm", "requests"), ("tpm", "tokens")):
-        pairs = [(lim, r) for lim, r in zip(limits, readings, strict=True) if lim.name == name]
-        if not pairs:
+        if name not in tightest:
             continue
-        limit, reading = min(pairs, key=lambda p: p[1].remaining / max(p[1].capacity, 1.0))
+        _, limit, reading = tightest[name]
         headers[f"x-ratelimit-limit-{suffix}"] = str(limit.value)
         headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, math.floor(reading.remaining)))
         headers[f"x-ratelimit-reset-{suffix}"] = format_duration(reading.reset_s)

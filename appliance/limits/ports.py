@@ -47,26 +47,97 @@ class Admission:
         return max((r.retry_after_s for r in self.readings), default=0.0)
 
 
-class BucketStore(Protocol):
-    async def take(self, specs: Sequence[BucketSpec]) -> Admission:
-        """All or nothing: admitted only if every bucket admits its cost, then all are charged.
+@dataclass(frozen=True, slots=True)
+class SlotSpec:
+    """One concurrency limit a request must pass: a slot among `limit`, leased to it."""
+
+    key: str  # e.g. "org:acme:max_concurrent"
+    limit: int
+    enforced: bool = True  # a shadow slot is taken when free but never refuses
+
+
+@dataclass(frozen=True, slots=True)
+class SpendCheck:
+    """The org's monthly spend, read in the same step and compared with its budget."""
+
+    period: str  # "YYYY-MM", UTC
+    limit_usd: float
+    enforced: bool = True  # a shadow budget is read and reported, never refuses
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    """Everything one request asks of the limit store, decided at once."""
+
+    org: str  # every key of the request belongs to this org
+    holder: str  # this request's lease id (unique, no whitespace): what its slots hold
+    buckets: tuple[BucketSpec, ...] = ()  # enforced: all or nothing
+    shadow: tuple[BucketSpec, ...] = ()  # each charged alone if it admits; never refuses
+    slots: tuple[SlotSpec, ...] = ()
+    budget: SpendCheck | None = None
+
+
+# Verdict.refused: which limit refused the request ("" when admitted).
+BUDGET, RATE, CONCURRENCY = "budget", "rate", "concurrency"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the store decided. A refusal charged nothing and holds nothing.
+
+    Limits are checked in the order budget, rate, concurrency; the first that refuses is
+    named and the later ones are not evaluated (their tuples are empty).
+    """
+
+    refused: str  # "", BUDGET, RATE or CONCURRENCY
+    buckets: Admission  # readings of the enforced buckets (none when the budget refused)
+    shadow: tuple[bool, ...]  # per shadow bucket: it admitted (and was charged)
+    slots: tuple[bool, ...]  # per slot: it was free (and is now held, when admitted)
+    spent_usd: float  # the org's spend this period (0.0 without a budget check)
+
+
+@dataclass(frozen=True, slots=True)
+class Adjust:
+    """A token bucket trued up to real usage: `delta` tokens added (negative charges more)."""
+
+    key: str
+    capacity: float
+    refill_per_s: float
+    delta: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one finished request gives back or adds, applied once."""
+
+    org: str
+    holder: str = ""  # the lease id holding `releases`
+    adjusts: tuple[Adjust, ...] = ()
+    releases: tuple[str, ...] = ()  # slot keys `holder` took
+    usd: float = 0.0  # added to the org's spend in `period`
+    period: str = ""
+
+
+class AdmissionStore(Protocol):
+    """Every limit of a request in one step: in-process, or one Redis round trip."""
+
+    async def admit(self, request: AdmitRequest) -> Verdict:
+        """All or nothing: admitted only if the budget, every enforced bucket and every
+        enforced slot pass; then the buckets are charged and the free slots taken.
 
         A bucket admits when its tokens (after refill) are at least min(cost, capacity); the
         full cost is then charged; a bucket never drops below 0 tokens.
         """
         ...
 
-    async def adjust(self, key: str, capacity: float, refill_per_s: float, delta: float) -> None:
-        """Settle: add `delta` tokens (negative charges more), kept between 0 and capacity."""
+    async def settle(self, batch: Sequence[Settlement]) -> dict[str, float]:
+        """Apply settlements in order: bucket adjusts (kept between 0 and capacity), slot
+        releases, spend. Returns each spending org's total for the period after the batch."""
         ...
 
-
-class ConcurrencyStore(Protocol):
-    async def acquire(self, key: str, limit: int, holder: str) -> bool:
-        """Take one of `limit` slots for `holder` (a request id); False when all are taken."""
+    async def ping(self) -> None:
+        """Raise LimiterBackendError when the store cannot be used."""
         ...
-
-    async def release(self, key: str, holder: str) -> None: ...
 
 
 class SpendStore(Protocol):
@@ -92,24 +163,25 @@ class BudgetAuthority(Protocol):
     async def status(self, org: str) -> BudgetStatus: ...
 
 
-class Pingable(Protocol):
-    async def ping(self) -> None:
-        """Raise LimiterBackendError when the store cannot be used."""
-        ...
-
-
 __all__ = [
+    "BUDGET",
+    "CONCURRENCY",
+    "RATE",
+    "Adjust",
     "Admission",
+    "AdmissionStore",
+    "AdmitRequest",
     "BucketReading",
     "BucketSpec",
-    "BucketStore",
     "BudgetAuthority",
     "BudgetStatus",
-    "ConcurrencyStore",
     "LimitObserver",
     "LimiterBackendError",
-    "Pingable",
+    "Settlement",
+    "SlotSpec",
+    "SpendCheck",
     "SpendStore",
+    "Verdict",
 ]
 
 

@@ -1,137 +1,266 @@
-"""Token buckets in Redis (distributed mode), shared by every replica.
+"""The limit store in Redis (distributed mode), shared by every replica.
 
-One Lua script does a whole take atomically in one round trip, with Redis's own clock (TIME),
-so replicas with skewed clocks agree. It repeats bucket.py line by line. Every call is bounded
-by `timeout_s`, and any failure surfaces as `LimiterBackendError`, so a dead or frozen Redis
-costs a request at most about `timeout_s` and the limiter applies its failure mode.
+An admission is one EVALSHA of the limits script (redis_script.py): the org's spend against
+its budget, every token bucket and every concurrency slot, atomically, all or nothing. A
+batch of settlements is one pipeline holding one EVALSHA per org. Keys, all tagged with the
+org so that one call's keys share a Redis Cluster slot:
+
+    rl:{org}:org:acme:rpm             token bucket (hash: tokens, ts)
+    cc:{org}:key:k1:max_concurrent    concurrency slots (sorted set: request id -> lease end)
+    budget:{org}:2026-11              the org's spend in that month (float)
+
+Every call is bounded by `timeout_s`, and any failure surfaces as `LimiterBackendError`, so
+a dead or frozen Redis costs a request at most about `timeout_s` and the limiter applies
+its failure mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Awaitable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from appliance.limits import bucket
-from appliance.limits.ports import Admission, BucketSpec, LimiterBackendError
+from appliance.limits.budget import end_of_period
+from appliance.limits.ports import (
+    BUDGET,
+    CONCURRENCY,
+    RATE,
+    Admission,
+    AdmitRequest,
+    LimiterBackendError,
+    Settlement,
+    Verdict,
+)
+from appliance.limits.redis_batch import AutoPipeline, Call
+from appliance.limits.redis_script import BUCKET_LUA, BUCKET_SHA
+from appliance.telemetry.logging import get_logger
 
 _T = TypeVar("_T")
-
-# KEYS: the buckets. ARGV[1] = "take", then capacity, refill_per_s, cost for each key; or
-# "adjust", then capacity, refill_per_s, delta for KEYS[1].
-# Returns {admitted 1|0, tokens per key}: for take the tokens before the charge, for adjust
-# after it. Numbers travel as "%.17g" strings: Redis would truncate a Lua number reply to
-# an integer, and 17 digits round-trip a double exactly.
-BUCKET_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end  -- Redis < 5: TIME + writes
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-
-local function fmt(x) return string.format('%.17g', x) end
-
-local function refilled(key, capacity, refill)
-  local state = redis.call('HMGET', key, 'tokens', 'ts')
-  local tokens, updated_at = tonumber(state[1]), tonumber(state[2])
-  if tokens == nil or updated_at == nil then return capacity end  -- new or forgotten: full
-  local elapsed = math.max(0, now - updated_at)  -- a clock stepping back must not drain
-  return math.min(capacity, tokens + elapsed * refill)
-end
-
-local function admits(tokens, capacity, cost)
-  return tokens >= math.min(cost, capacity)
-end
-
-local function seconds_until(tokens, target, refill)
-  if tokens >= target then return 0 end
-  if refill <= 0 then return math.huge end
-  return (target - tokens) / refill
-end
-
-local function store(key, tokens, capacity, refill)
-  tokens = math.max(0, tokens)  -- never below empty: no wait beyond one full refill
-  redis.call('HSET', key, 'tokens', fmt(tokens), 'ts', fmt(now))
-  local to_full = seconds_until(tokens, capacity, refill)
-  if to_full == math.huge then
-    redis.call('PERSIST', key)
-  else  -- forgotten 1 s after it is full again; capped so PEXPIRE gets an integer
-    local ttl_ms = math.min(math.ceil(to_full * 1000) + 1000, 1e15)
-    redis.call('PEXPIRE', key, string.format('%d', ttl_ms))
-  end
-end
-
-if ARGV[1] == 'take' then
-  local tokens, admitted = {}, 1
-  for i = 1, #KEYS do
-    local capacity, refill, cost = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
-    tokens[i] = refilled(KEYS[i], capacity, refill)
-    if not admits(tokens[i], capacity, cost) then admitted = 0 end
-  end
-  local reply = {admitted}
-  for i = 1, #KEYS do
-    if admitted == 1 then  -- all or nothing: a denial charges no bucket
-      store(KEYS[i], tokens[i] - tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]))
-    end
-    reply[i+1] = fmt(tokens[i])
-  end
-  return reply
-elseif ARGV[1] == 'adjust' then
-  local capacity, refill, delta = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-  local tokens = math.max(0, math.min(capacity, refilled(KEYS[1], capacity, refill) + delta))
-  store(KEYS[1], tokens, capacity, refill)
-  return {1, fmt(tokens)}
-end
-return redis.error_reply('token bucket: unknown mode')
-"""
-
-_SHA = hashlib.sha1(BUCKET_LUA.encode(), usedforsecurity=False).hexdigest()
+_log = get_logger("routerctl.limits")
+_NO_READINGS = Admission(admitted=False, readings=())
+_ADMIT_CODES = {0: "", 1: BUDGET, 2: RATE, 3: CONCURRENCY}
+_ONE = ("1", b"1")
+RETENTION_AFTER_PERIOD_S = 40 * 86_400  # a month's spend is kept this long after it ends
 
 
-class RedisBucketStore:
-    """A `BucketStore` (and `Pingable`) over a caller-owned `redis.asyncio.Redis` client."""
+@dataclass
+class _OrgBatch:
+    """One org's share of a settlement batch: one EVALSHA."""
 
-    def __init__(self, client: Redis, prefix: str = "rl:", timeout_s: float = 0.05) -> None:
+    keys: list[str] = field(default_factory=list)
+    adjusts: list[float] = field(default_factory=list)
+    slots: list[str] = field(default_factory=list)
+    holders: list[str] = field(default_factory=list)
+    spend: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class RedisAdmissionStore:
+    """An `AdmissionStore` over a caller-owned `redis.asyncio.Redis` client; it also holds the
+    leases it took, for `LeaseKeeper` to renew."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "",
+        lease_s: float = 60.0,
+        timeout_s: float = 0.05,
+    ) -> None:
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
         self._client = client
         self._prefix = prefix
+        self._lease_ms = max(1, round(lease_s * 1000))
         self._timeout_s = timeout_s
         self._loaded = False
+        self._held: set[tuple[str, str]] = set()  # (slot set key, holder), renewed until released
+        self._folded: set[tuple[str, str]] = set()  # (org, period) whose old spend key was moved
+        self._admissions = AutoPipeline(self._send_admissions)
+
+    @property
+    def lease_s(self) -> float:
+        return self._lease_ms / 1000
+
+    def bucket_key(self, org: str, key: str) -> str:
+        return f"{self._prefix}rl:{{{org}}}:{key}"
+
+    def slot_key(self, org: str, key: str) -> str:
+        return f"{self._prefix}cc:{{{org}}}:{key}"
+
+    def spend_key(self, org: str, period: str) -> str:
+        # The period is last and fixed-width, so an org id holding ':' stays unambiguous.
+        return f"{self._prefix}budget:{{{org}}}:{period}"
+
+    def held(self) -> list[tuple[str, str]]:
+        """(slot set key, holder) pairs taken here and not released: the leases to renew."""
+        return list(self._held)
 
     async def open(self) -> None:
         """Load the script now, so the first request does not pay for it (optional)."""
         await self._bounded("script load", self._load())
 
-    async def take(self, specs: Sequence[BucketSpec]) -> Admission:
-        bucket.require_distinct(specs)
-        if not specs:
-            return Admission(admitted=True, readings=())
-        args: list[str | float] = ["take"]
-        for spec in specs:
-            args += [spec.capacity, spec.refill_per_s, spec.cost]
-        reply = await self._bounded("take", self._run([s.key for s in specs], args))
-        tokens = [float(t) for t in reply[1:]]  # float() takes bytes and str replies alike
-        return bucket.admission(specs, tokens, admitted=int(reply[0]) == 1)
+    async def admit(self, request: AdmitRequest) -> Verdict:
+        bucket.require_distinct([*request.buckets, *request.shadow])
+        try:
+            reply = await self._admissions.call(self._admit_call(request))
+        except RedisError as exc:  # this call's own error reply (the batch's is one already)
+            raise LimiterBackendError(f"redis admit failed: {_describe(exc)}") from exc
+        return self._verdict(request, reply)
 
-    async def adjust(self, key: str, capacity: float, refill_per_s: float, delta: float) -> None:
-        await self._bounded("adjust", self._run([key], ["adjust", capacity, refill_per_s, delta]))
+    async def settle(self, batch: Sequence[Settlement]) -> dict[str, float]:
+        groups = self._group(batch)
+        fresh = self._to_fold(groups)
+        calls: list[Call] = [self._fold_call(org, period) for org, period in fresh]
+        folds = len(calls)
+        orgs = [org for org, group in groups.items() if group.keys]
+        calls += [self._settle_call(groups[org]) for org in orgs]
+        if not calls:
+            return {}
+        replies = await self._bounded("settle", self._pipeline(calls))
+        self._folded.update(fresh)  # one answered attempt each: an error is logged, not retried
+        for reply in replies[:folds]:
+            if isinstance(reply, RedisError):
+                _log.warning("limiter_spend_fold_failed", error=_describe(reply))
+        totals: dict[str, float] = {}
+        failed = None
+        for org, reply in zip(orgs, replies[folds:], strict=True):
+            if isinstance(reply, RedisError):
+                failed = reply
+            elif reply:
+                totals[org] = float(reply.split()[-1])  # the last period of the batch
+        if failed is not None:
+            raise LimiterBackendError(f"redis settle failed: {_describe(failed)}")
+        return totals
+
+    async def renew(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Push the leases of (slot set key, holder) pairs to now + lease_s, one EVALSHA per
+        org in one round trip. Returns how many were live and renewed (none is revived)."""
+        by_org: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
+        for key, holder in pairs:
+            by_org[_hash_tag(key)].append((key, holder))
+        calls: list[Call] = [
+            (
+                [key for key, _ in group],
+                ["renew", " ".join([str(self._lease_ms), *(h for _, h in group)])],
+            )
+            for group in by_org.values()
+        ]
+        if not calls:
+            return 0
+        replies = await self._bounded("renew", self._pipeline(calls))
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise LimiterBackendError(f"redis renew failed: {_describe(reply)}")
+        return sum(int(reply) for reply in replies)
 
     async def ping(self) -> None:
         """Raise LimiterBackendError unless Redis answers PING within the timeout."""
         await self._bounded("ping", self._client.ping())
 
-    async def _run(self, keys: list[str], args: list[str | float]) -> list[Any]:
-        names = [self._prefix + key for key in keys]
+    def _admit_call(self, request: AdmitRequest) -> Call:
+        org = request.org
+        keys = [self.bucket_key(org, s.key) for s in (*request.buckets, *request.shadow)]
+        keys += [self.slot_key(org, s.key) for s in request.slots]
+        budget = -1.0
+        if request.budget is not None:
+            keys.append(self.spend_key(org, request.budget.period))
+            if request.budget.enforced:
+                budget = request.budget.limit_usd
+        fields = [
+            request.holder,
+            str(self._lease_ms),
+            str(len(request.buckets)),
+            str(len(request.shadow)),
+            str(len(request.slots)),
+            repr(budget),
+        ]
+        for spec in (*request.buckets, *request.shadow):
+            fields += (repr(spec.capacity), repr(spec.refill_per_s), repr(spec.cost))
+        for slot in request.slots:
+            fields += (str(slot.limit), "1" if slot.enforced else "0")
+        return keys, ["admit", " ".join(fields)]
+
+    def _verdict(self, request: AdmitRequest, reply: bytes | str) -> Verdict:
+        fields = reply.split()
+        refused, spent = _ADMIT_CODES[int(fields[0])], float(fields[1])
+        if refused == BUDGET:
+            return Verdict(BUDGET, _NO_READINGS, (), (), spent)
+        nb, ns = len(request.buckets), len(request.shadow)
+        tokens = [float(t) for t in fields[2 : 2 + nb]]  # float() takes bytes and str alike
+        readings = bucket.admission(request.buckets, tokens, admitted=not refused)
+        if refused == RATE:
+            return Verdict(RATE, readings, (), (), spent)
+        shadow = tuple(x in _ONE for x in fields[2 + nb : 2 + nb + ns]) if not refused else ()
+        free = tuple(x in _ONE for x in fields[2 + nb + ns :])
+        if not refused:
+            for slot, ok in zip(request.slots, free, strict=True):
+                if ok:
+                    self._held.add((self.slot_key(request.org, slot.key), request.holder))
+        return Verdict(refused, readings, shadow, free, spent)
+
+    def _group(self, batch: Iterable[Settlement]) -> dict[str, _OrgBatch]:
+        groups: defaultdict[str, _OrgBatch] = defaultdict(_OrgBatch)
+        for item in batch:
+            group = groups[item.org]
+            for a in item.adjusts:
+                group.keys.append(self.bucket_key(item.org, a.key))
+                group.adjusts += (a.capacity, a.refill_per_s, a.delta)
+            for key in item.releases:
+                slot = self.slot_key(item.org, key)
+                self._held.discard((slot, item.holder))  # not renewed even if ZREM fails
+                group.slots.append(slot)
+                group.holders.append(item.holder)
+            if item.usd:
+                group.spend[item.period] += item.usd
+        for org, group in groups.items():
+            group.keys += group.slots
+            group.keys += (self.spend_key(org, period) for period in group.spend)
+        return groups
+
+    def _to_fold(self, groups: dict[str, _OrgBatch]) -> list[tuple[str, str]]:
+        """(org, period) pairs spending here for the first time: their old keys are moved."""
+        return [(o, p) for o, g in groups.items() for p in g.spend if (o, p) not in self._folded]
+
+    def _fold_call(self, org: str, period: str) -> Call:
+        old = f"{self._prefix}budget:{org}:{period}"
+        return [old, self.spend_key(org, period)], ["fold"]
+
+    @staticmethod
+    def _settle_call(group: _OrgBatch) -> Call:
+        counts = (len(group.adjusts) // 3, len(group.slots), len(group.spend))
+        fields = [str(n) for n in counts]
+        fields += (repr(x) for x in group.adjusts)
+        fields += group.holders
+        for period, usd in group.spend.items():
+            fields += (repr(usd), str(end_of_period(period) + RETENTION_AFTER_PERIOD_S))
+        return group.keys, ["settle", " ".join(fields)]
+
+    async def _send_admissions(self, calls: list[Call]) -> list[Any]:
+        return await self._bounded("admit", self._pipeline(calls))
+
+    async def _pipeline(self, calls: list[Call]) -> list[Any]:
+        """One round trip for many EVALSHAs; replies in order, errors as exception objects."""
         if not self._loaded:
             await self._load()
-        try:
-            reply = await self._client.evalsha(_SHA, len(names), *names, *args)
-        except NoScriptError:
-            # Redis restarted (or SCRIPT FLUSH) since we loaded it: load again, retry once.
+        replies = await self._send(calls)
+        retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if retry:  # a NOSCRIPT call did nothing: load the script and send those again
             await self._load()
-            reply = await self._client.evalsha(_SHA, len(names), *names, *args)
-        return list(reply)
+            for i, reply in zip(retry, await self._send([calls[i] for i in retry]), strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _send(self, calls: list[Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", BUCKET_SHA, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def _load(self) -> None:
         await self._client.script_load(BUCKET_LUA)
@@ -147,10 +276,15 @@ class RedisBucketStore:
             raise LimiterBackendError(f"redis {op} failed: {_describe(exc)}") from exc
 
 
+def _hash_tag(key: str) -> str:
+    """The org a key belongs to: the text between its first '{' and the next '}'."""
+    return key.partition("{")[2].partition("}")[0]
+
+
 def _describe(exc: BaseException) -> str:
     # The class and the library's message (host:port at most), never the client's URL.
     text = str(exc)[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-__all__ = ["BUCKET_LUA", "RedisBucketStore"]
+__all__ = ["BUCKET_LUA", "RETENTION_AFTER_PERIOD_S", "RedisAdmissionStore"]
