@@ -30,7 +30,8 @@ from appliance.http.buffer_admin import buffer_blueprint
 from appliance.http.config_admin import config_blueprint
 from appliance.http.edge import ASGIApp, EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
-from appliance.http.inference import inference_blueprint
+from appliance.http.fast_path import InferenceFastPath
+from appliance.http.inference import InferenceHandler, inference_blueprint
 from appliance.http.lookup import lookup_blueprint
 from appliance.http.status import status_blueprint
 from appliance.http.usage_facts import usage_hook
@@ -172,14 +173,13 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     )
     install_error_handlers(app)
     app.register_blueprint(status_blueprint(state.readiness))
-    app.register_blueprint(
-        inference_blueprint(
-            state.current_runtime,
-            Forwarder(state.backends, routing),
-            state.limits.limiter,
-            state.usage.recorder.admit,
-        )
+    inference = InferenceHandler(
+        state.current_runtime,
+        Forwarder(state.backends, routing),
+        state.limits.limiter,
+        state.usage.recorder.admit,
     )
+    app.register_blueprint(inference_blueprint(inference, state.current_runtime))
     _register_admin(app, state, state_dir)
     loop_lag = LoopLagMonitor(metrics.registry)
 
@@ -206,7 +206,8 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
 
     access_log = access_logger(settings.telemetry.access_log)
     edge = EdgeMiddleware(
-        app.asgi_app,  # type: ignore[arg-type]
+        # The inference POST routes skip Quart's per-request machinery (see http/fast_path).
+        InferenceFastPath(inference, app.asgi_app),  # type: ignore[arg-type]
         EdgeLimits(
             max_body_bytes=settings.server.max_body_bytes,
             body_read_timeout_s=settings.server.body_read_timeout_s,

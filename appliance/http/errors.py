@@ -42,13 +42,7 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(StoreError)
     async def _store_error(error: StoreError) -> Response:
-        # A state store (SQLite file, overrides in etcd) failed: retriable, said without detail.
-        _log.error(
-            "store_unavailable",
-            request_id=request_context(request.scope).request_id,
-            error=str(error),
-        )
-        return render(StoreUnavailable())
+        return render(catalog_error(error, request_context(request.scope).request_id))
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
@@ -57,11 +51,19 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
-        # The client gets a generic message: exception text may carry internals or secrets.
-        _log.error(
-            "unhandled_error",
-            request_id=request_context(request.scope).request_id,
-            error_type=type(error).__name__,
-            exc_info=error,
-        )
-        return render(InternalError())
+        return render(catalog_error(error, request_context(request.scope).request_id))
+
+
+def catalog_error(error: Exception, request_id: str) -> RouterError:
+    """The catalog error a client sees for `error`; failures not in the catalog are logged."""
+    if isinstance(error, RouterError):
+        return error
+    if isinstance(error, StoreError):
+        # A state store (SQLite file, overrides in etcd) failed: retriable, said without detail.
+        _log.error("store_unavailable", request_id=request_id, error=str(error))
+        return StoreUnavailable()
+    # The client gets a generic message: exception text may carry internals or secrets.
+    _log.error(
+        "unhandled_error", request_id=request_id, error_type=type(error).__name__, exc_info=error
+    )
+    return InternalError()

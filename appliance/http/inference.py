@@ -1,8 +1,13 @@
-"""Public OpenAI-compatible routes: authenticate, check, pick a backend, forward, relay."""
+"""Public OpenAI-compatible routes: authenticate, check, pick a backend, forward, relay.
+
+`InferenceHandler` does the work once; `fast_path` serves it over plain ASGI, the blueprint
+under Quart.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 
 import msgspec
 from quart import Blueprint, Response, request
@@ -23,21 +28,41 @@ _JSON = "application/json"
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def inference_blueprint(
-    get_runtime: Callable[[], Runtime],
-    forwarder: Forwarder,
-    limiter: Limiter,
-    usage_admit: Callable[[], bool],
-) -> Blueprint:
-    bp = Blueprint("inference", __name__)
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What to send the client: a whole `body` or a `stream`, with headers beyond the type."""
 
-    async def handle(endpoint: Endpoint) -> Response:
-        runtime = get_runtime()
-        context = request_context(request.scope)
-        if not usage_admit():
+    status: int
+    content_type: str
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+class InferenceHandler:
+    """The inference routes' work, whatever serves them (the ASGI fast path or Quart)."""
+
+    def __init__(
+        self,
+        get_runtime: Callable[[], Runtime],
+        forwarder: Forwarder,
+        limiter: Limiter,
+        usage_admit: Callable[[], bool],
+    ) -> None:
+        self._get_runtime = get_runtime
+        self._forwarder = forwarder
+        self._limiter = limiter
+        self._usage_admit = usage_admit
+
+    async def answer(
+        self, endpoint: Endpoint, context: RequestContext, authorization: str | None
+    ) -> Answer:
+        """Authenticate, check, pick a backend, forward; RouterErrors say why not."""
+        runtime = self._get_runtime()
+        if not self._usage_admit():
             raise UsageBufferFull()  # refused before anything happened: nothing to record
         context.record_usage = True
-        principal = _authenticate(runtime, context)
+        principal = _authenticate(runtime, context, authorization)
         parsed = parse_request(endpoint, context.body)
         context.model, context.stream = parsed.model, parsed.stream
         route = runtime.routes.get(parsed.model)
@@ -49,34 +74,40 @@ def inference_blueprint(
         completion = parsed.max_tokens or runtime.settings.limits.default_max_tokens
         estimate = estimate_tokens(parsed.payload, parsed.max_tokens, completion)
         context.estimate_prompt, context.estimate_completion = estimate - completion, completion
+        limiter = self._limiter
         permit = await _admit(limiter, principal, estimate, context)
         context.cleanups.append(lambda: limiter.release(permit))
         # Every admitted request is settled exactly once, by its bill, however it ends.
         context.settle = lambda charged: limiter.settle(
             permit, charged.prompt_tokens, charged.completion_tokens, route.prices
         )
-        hooks = RequestHooks(
-            on_decision=_decision_recorder(context),
-            on_done=_usage_recorder(context),
-            on_progress=_progress_recorder(context),
-            defer=context.cleanups.append,
-            on_upstream_time=context.add_upstream_time,
-            trace=context.trace,
-            trace_headers=_client_trace(context) if context.traceparent is not None else None,
-        )
-        relayed = await forwarder.forward(parsed, route, context.request_id, hooks)
+        relayed = await self._forwarder.forward(parsed, route, context.request_id, _hooks(context))
         if relayed.stream is None:
+            return Answer(relayed.status, relayed.content_type, permit.headers, relayed.body)
+        headers = {**_STREAM_HEADERS, **permit.headers}
+        return Answer(relayed.status, relayed.content_type, headers, stream=relayed.stream)
+
+
+def inference_blueprint(handler: InferenceHandler, get_runtime: Callable[[], Runtime]) -> Blueprint:
+    """The inference routes under Quart: GET /v1/models, and the POST routes the fast path
+    serves before Quart sees them (kept so other methods on them answer 405)."""
+    bp = Blueprint("inference", __name__)
+
+    async def handle(endpoint: Endpoint) -> Response:
+        context = request_context(request.scope)
+        answer = await handler.answer(endpoint, context, request.headers.get("authorization"))
+        if answer.stream is None:
             return Response(
-                relayed.body,
-                status=relayed.status,
-                content_type=relayed.content_type,
-                headers=permit.headers,
+                answer.body,
+                status=answer.status,
+                content_type=answer.content_type,
+                headers=answer.headers,
             )
         response = Response(
-            relayed.stream,
-            status=relayed.status,
-            content_type=relayed.content_type,
-            headers={**_STREAM_HEADERS, **permit.headers},
+            answer.stream,
+            status=answer.status,
+            content_type=answer.content_type,
+            headers=answer.headers,
         )
         response.timeout = None  # streams last as long as the backend's total timeout allows
         return response
@@ -108,11 +139,25 @@ def inference_blueprint(
     return bp
 
 
-def _authenticate(runtime: Runtime, context: RequestContext) -> Principal:
+def _hooks(context: RequestContext) -> RequestHooks:
+    return RequestHooks(
+        on_decision=_decision_recorder(context),
+        on_done=_usage_recorder(context),
+        on_progress=_progress_recorder(context),
+        defer=context.cleanups.append,
+        on_upstream_time=context.add_upstream_time,
+        trace=context.trace,
+        trace_headers=_client_trace(context) if context.traceparent is not None else None,
+    )
+
+
+def _authenticate(
+    runtime: Runtime, context: RequestContext, authorization: str | None
+) -> Principal:
     trace = context.trace
     if trace is not None:
         trace.step("auth")  # a raise leaves the step open: the trace ends it failed
-    principal = runtime.keyring.resolve(request.headers.get("authorization"))
+    principal = runtime.keyring.resolve(authorization)
     context.org, context.key_id = principal.org_id, principal.key_id
     if trace is not None:
         trace.step_done()
