@@ -116,6 +116,9 @@ async def test_refused_requests_are_recorded_without_tokens() -> None:
         "model_not_found",
         "none",
     )
+    # The error body is the response's first byte (docs/usage-records.md, first_byte_at).
+    assert record["first_byte_at"] is not None
+    assert record["ttft_ms"] >= 0  # type: ignore[operator]
 
 
 async def test_other_orgs_records_are_not_found() -> None:
