@@ -179,7 +179,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         state.limits.limiter,
         state.usage.recorder.admit,
     )
-    app.register_blueprint(inference_blueprint(inference, state.current_runtime))
+    app.register_blueprint(inference_blueprint(state.current_runtime))
     _register_admin(app, state, state_dir)
     loop_lag = LoopLagMonitor(metrics.registry)
 

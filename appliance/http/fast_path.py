@@ -20,11 +20,7 @@ from appliance.http.errors import catalog_error
 from appliance.http.inference import Answer, InferenceHandler
 from appliance.upstream.payload import Endpoint
 
-_ROUTES: Mapping[str, Endpoint] = {
-    "/v1/chat/completions": Endpoint.CHAT,
-    "/v1/completions": Endpoint.COMPLETIONS,
-    "/v1/embeddings": Endpoint.EMBEDDINGS,
-}
+_ROUTES: Mapping[str, Endpoint] = {endpoint.route: endpoint for endpoint in Endpoint}
 
 
 class InferenceFastPath:

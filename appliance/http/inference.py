@@ -1,7 +1,6 @@
 """Public OpenAI-compatible routes: authenticate, check, pick a backend, forward, relay.
 
-`InferenceHandler` does the work once; `fast_path` serves it over plain ASGI, the blueprint
-under Quart.
+`InferenceHandler` does the work; `fast_path` serves it over plain ASGI, in front of Quart.
 """
 
 from __future__ import annotations
@@ -88,41 +87,18 @@ class InferenceHandler:
         return Answer(relayed.status, relayed.content_type, headers, stream=relayed.stream)
 
 
-def inference_blueprint(handler: InferenceHandler, get_runtime: Callable[[], Runtime]) -> Blueprint:
-    """The inference routes under Quart: GET /v1/models, and the POST routes the fast path
-    serves before Quart sees them (kept so other methods on them answer 405)."""
+def inference_blueprint(get_runtime: Callable[[], Runtime]) -> Blueprint:
+    """GET /v1/models under Quart. The POST routes are served by the fast path before Quart
+    sees them; their rules are here so that other methods on those paths answer 405."""
     bp = Blueprint("inference", __name__)
 
-    async def handle(endpoint: Endpoint) -> Response:
-        context = request_context(request.scope)
-        answer = await handler.answer(endpoint, context, request.headers.get("authorization"))
-        if answer.stream is None:
-            return Response(
-                answer.body,
-                status=answer.status,
-                content_type=answer.content_type,
-                headers=answer.headers,
-            )
-        response = Response(
-            answer.stream,
-            status=answer.status,
-            content_type=answer.content_type,
-            headers=answer.headers,
+    async def served_by_fast_path() -> Response:
+        raise RuntimeError("the inference fast path serves POST on this route")
+
+    for endpoint in Endpoint:
+        bp.add_url_rule(
+            endpoint.route, endpoint.value, view_func=served_by_fast_path, methods=["POST"]
         )
-        response.timeout = None  # streams last as long as the backend's total timeout allows
-        return response
-
-    @bp.post("/v1/chat/completions")
-    async def chat_completions() -> Response:
-        return await handle(Endpoint.CHAT)
-
-    @bp.post("/v1/completions")
-    async def completions() -> Response:
-        return await handle(Endpoint.COMPLETIONS)
-
-    @bp.post("/v1/embeddings")
-    async def embeddings() -> Response:
-        return await handle(Endpoint.EMBEDDINGS)
 
     @bp.get("/v1/models")
     async def models() -> Response:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from appliance.http.context import RequestContext
-from appliance.usage.record import RequestFacts, bill
+from appliance.usage.record import Bill, RequestFacts, bill
 
 _BYTES_PER_TOKEN = 4  # JSON answers without usage: a rough count from the body size
 
@@ -44,21 +44,22 @@ def facts_from(context: RequestContext) -> RequestFacts:
 
 
 def usage_hook(
-    record: Callable[[RequestFacts], Awaitable[None]],
+    record: Callable[[RequestFacts, Bill], Awaitable[None]],
 ) -> Callable[[RequestContext], Awaitable[None]]:
     """The edge's hook, called once per inference request as it ends: settle its limits with
     the bill, then commit its usage record (a span of its own when traced)."""
 
     async def hook(context: RequestContext) -> None:
         facts = facts_from(context)
+        charged = bill(facts)  # one bill for the limits and the record
         if context.settle is not None:
             # Before the write: a record that cannot be written must not keep tokens reserved.
             settle, context.settle = context.settle, None
-            settle(bill(facts))
+            settle(charged)
         trace = context.trace
         if trace is not None:
             trace.step("usage.record")
-        await record(facts)
+        await record(facts, charged)
         if trace is not None:
             trace.step_done()
 

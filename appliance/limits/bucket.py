@@ -78,6 +78,11 @@ def require_distinct(specs: Sequence[BucketSpec]) -> None:
         raise ValueError("a take names each bucket key once")
 
 
+def charge(tokens: float, spec: BucketSpec, now: float) -> BucketState:
+    """The bucket after taking the spec's cost from `tokens` (read at `now`); never below 0."""
+    return BucketState(max(0.0, tokens - spec.cost), now)
+
+
 def take(
     states: Sequence[BucketState | None], specs: Sequence[BucketSpec], now: float
 ) -> tuple[Admission, tuple[BucketState, ...] | None]:
@@ -89,9 +94,7 @@ def take(
     ]
     admitted = all(admits(t, spec) for t, spec in zip(tokens, specs, strict=True))
     charged = (
-        tuple(
-            BucketState(max(0.0, t - spec.cost), now) for t, spec in zip(tokens, specs, strict=True)
-        )
+        tuple(charge(t, spec, now) for t, spec in zip(tokens, specs, strict=True))
         if admitted
         else None
     )
@@ -111,6 +114,7 @@ __all__ = [
     "adjust",
     "admission",
     "admits",
+    "charge",
     "full_at",
     "reading",
     "refilled",

@@ -53,7 +53,7 @@ class MemoryBucketStore:
 
     def charge(self, key: str, spec: BucketSpec, tokens: float, now: float) -> None:
         """Take the spec's cost from `tokens` (read at `now`); never below empty."""
-        self._put(key, BucketState(max(0.0, tokens - spec.cost), now), spec)
+        self._put(key, bucket.charge(tokens, spec, now), spec)
         self._tick(now)
 
     def take(self, specs: Sequence[BucketSpec]) -> Admission:

@@ -203,34 +203,30 @@ class _Ledger:
         """Account the attempt; returns its latency (0 when it was already accounted).
 
         A `failure` (error code) also ends the attempt's span; a success ends it with usage."""
-        if self._done:
-            return 0.0
-        self._done = True
-        r = self._r
-        now = r.monotonic()
-        latency = now - self._started
-        if r.registry.end(self._backend, ok, latency, now) is not None:
-            r.observer.ejected(self._backend)
-        r.observer.attempt(self._backend, self._kind, ok, latency)
-        if failure is not None and self._span is not None:
-            self._span.finish(failure)
-        return latency
+        return self._account(ok, failure)
 
     def fail(self, error: RouterError) -> float:
         """Account a failed attempt; a backend's 429 is not a health failure (busy is not
         broken): it frees the slot and rests the backend for its Retry-After, if it sent one."""
-        if not isinstance(error, UpstreamRateLimited):
-            return self.settle(ok=False, failure=error.code)
+        limited = error if isinstance(error, UpstreamRateLimited) else None
+        return self._account(False, error.code, limited)
+
+    def _account(
+        self, ok: bool, failure: str | None, limited: UpstreamRateLimited | None = None
+    ) -> float:
         if self._done:
             return 0.0
         self._done = True
         r = self._r
         now = r.monotonic()
         latency = now - self._started
-        r.registry.end_busy(self._backend, error.rest_s, now)
-        r.observer.attempt(self._backend, self._kind, False, latency)
-        if self._span is not None:
-            self._span.finish(error.code)
+        if limited is not None:
+            r.registry.end_busy(self._backend, limited.rest_s, now)
+        elif r.registry.end(self._backend, ok, latency, now) is not None:
+            r.observer.ejected(self._backend)
+        r.observer.attempt(self._backend, self._kind, ok, latency)
+        if failure is not None and self._span is not None:
+            self._span.finish(failure)
         return latency
 
     def abandon(self, upstream: UpstreamResponse | None) -> None:

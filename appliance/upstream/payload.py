@@ -22,6 +22,11 @@ class Endpoint(enum.Enum):
     EMBEDDINGS = "embeddings"
 
     @property
+    def route(self) -> str:
+        """The public path clients POST to."""
+        return f"/v1/{self.value}"
+
+    @property
     def streams(self) -> bool:
         return self is not Endpoint.EMBEDDINGS
 

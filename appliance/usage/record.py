@@ -119,9 +119,13 @@ def bill(facts: RequestFacts) -> Bill:
     return Bill(source, prompt, completion, billable=True, partial=cut)
 
 
-def build_record(facts: RequestFacts, prices: tuple[float, float]) -> UsageRecord:
-    """The record for `facts`; `prices` are USD per 1k input and output tokens."""
-    charged = bill(facts)
+def build_record(
+    facts: RequestFacts, prices: tuple[float, float], charged: Bill | None = None
+) -> UsageRecord:
+    """The record for `facts`; `prices` are USD per 1k input and output tokens. `charged` is
+    `bill(facts)` when the caller has it already."""
+    if charged is None:
+        charged = bill(facts)
     # A record must never be lost for want of an end time: fall back to the last moment seen.
     ended_at = facts.ended_at
     if ended_at is None:

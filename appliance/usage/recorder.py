@@ -20,7 +20,13 @@ from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import get_logger
 from appliance.usage.free_space import FreeSpace
 from appliance.usage.ports import Outbox, OutboxFull, Topic
-from appliance.usage.record import RequestFacts, UsageRecord, build_record, encode_record
+from appliance.usage.record import (
+    Bill,
+    RequestFacts,
+    UsageRecord,
+    build_record,
+    encode_record,
+)
 
 _log = get_logger("routerctl.usage")
 # Room kept in the outbox for each admitted request's record (records are ~0.5 KB), so a
@@ -109,13 +115,15 @@ class UsageRecorder:
         self._reserved += 1
         return True
 
-    async def record(self, facts: RequestFacts, *, admitted: bool = True) -> None:
+    async def record(
+        self, facts: RequestFacts, charged: Bill | None = None, *, admitted: bool = True
+    ) -> None:
         """Commit the request's record; returns once it survives a crash of this process, or,
         if the outbox cannot be written, once it is held in memory: a full or broken outbox
         never cuts the client's answer."""
         if admitted:
             self._reserved = max(0, self._reserved - 1)
-        record = build_record(facts, self._prices(facts.model))
+        record = build_record(facts, self._prices(facts.model), charged)
         payload = encode_record(record)
         try:
             await self.append("usage", record.org or "", record.id, payload)

@@ -14,6 +14,7 @@ import contextlib
 import struct
 from pathlib import Path
 
+from tests.integration.tcp_proxy import TcpProxy
 from tests.services import KafkaBroker, free_port
 
 _PRODUCE = 0
@@ -34,20 +35,19 @@ class ProxiedBroker(KafkaBroker):
         return command
 
 
-class ProduceCutter:
-    """Relays 127.0.0.1:port to the broker; cut_at the Nth Produce request (see module doc)."""
+class ProduceCutter(TcpProxy):
+    """Relays 127.0.0.1:port to the broker; cut_at the Nth Produce request (see module doc).
+
+    The port is fixed before start, since the broker advertises it; set `target` once the
+    broker runs.
+    """
 
     def __init__(self, cut_at: int) -> None:
-        self.port = free_port()
-        self.target_port = 0
+        super().__init__("127.0.0.1", 0, port=free_port())
         self.cut_at = cut_at
         self.produce_records: list[int] = []  # records in each Produce request seen, in order
-        self.cut_off = False
         self.was_cut = False
         self._swallow = False
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def in_flight_at_cut(self) -> int:
@@ -58,40 +58,12 @@ class ProduceCutter:
     def acknowledged_before_cut(self) -> int:
         return sum(self.produce_records[: self.cut_at - 1])
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        self._cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
     def restore(self) -> None:
         """Let connections through again (no further cut)."""
-        self.cut_off = False
+        super().restore()
         self._swallow = False
 
-    def _cut(self) -> None:
-        for writer in list(self._writers):
-            writer.close()
-        self._writers.clear()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut_off:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers.update((writer, up_writer))
-        for coro in (self._requests(reader, up_writer), self._answers(up_reader, writer)):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _forward(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while not self.cut_off:
                 size = await source.readexactly(4)
@@ -104,13 +76,13 @@ class ProduceCutter:
                 await sink.drain()
         sink.close()
 
-    async def _answers(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _backward(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await source.read(65536):
                 if self._swallow:
                     # The broker has answered, so it stored the batch: now break the link.
-                    self.cut_off = self.was_cut = True
-                    self._cut()
+                    self.was_cut = True
+                    self.cut()
                     return
                 sink.write(data)
                 await sink.drain()

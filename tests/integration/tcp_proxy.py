@@ -9,20 +9,23 @@ from contextlib import asynccontextmanager
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
+    """Relays 127.0.0.1:port (0: any free port) to the target; subclasses may read the
+    traffic by overriding `_forward` and `_backward`."""
+
+    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+        self.target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.cut_off = False
-        self.port = 0
+        self.port = port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -37,6 +40,9 @@ class TcpProxy:
     def cut(self) -> None:
         """Close every open connection; new ones are closed at once until restore()."""
         self.cut_off = True
+        self._close_links()
+
+    def _close_links(self) -> None:
         for writer in list(self._links):
             writer.close()
         self._links.clear()
@@ -49,15 +55,23 @@ class TcpProxy:
             writer.close()
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return
         self._links.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
+        for pipe in (self._forward(reader, up_writer), self._backward(up_reader, writer)):
+            task = asyncio.create_task(pipe)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _forward(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        """Client to target."""
+        await self._pipe(source, sink)
+
+    async def _backward(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        """Target to client."""
+        await self._pipe(source, sink)
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:

@@ -335,7 +335,7 @@ async def cut_kafka(tmp_path: Path) -> AsyncIterator[tuple[ProduceCutter, Proxie
     broker = ProxiedBroker(tansu_binary(), tmp_path / "tansu", cutter.port)
     try:
         await asyncio.to_thread(broker.start)
-        cutter.target_port = broker.port
+        cutter.target = ("127.0.0.1", broker.port)
         yield cutter, broker
     finally:
         await cutter.stop()

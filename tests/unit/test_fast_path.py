@@ -75,6 +75,13 @@ def http_scope(method: str, path: str) -> Scope:
     }
 
 
+def serve_chat(app: InferenceFastPath, client: Client) -> asyncio.Task[None]:
+    """A chat completion being served, as a task the test can cancel or await."""
+    return asyncio.create_task(
+        app(http_scope("POST", "/v1/chat/completions"), client.receive, client.send)
+    )
+
+
 def fast_path(handler: FakeHandler) -> tuple[InferenceFastPath, list[Scope]]:
     to_quart: list[Scope] = []
 
@@ -181,9 +188,7 @@ async def test_client_leaving_cancels_the_work() -> None:
     handler.hold = True
     app, _ = fast_path(handler)
     client = Client()
-    served = asyncio.create_task(
-        app(http_scope("POST", "/v1/chat/completions"), client.receive, client.send)
-    )
+    served = serve_chat(app, client)
     await asyncio.wait_for(handler.started.wait(), 5)
     client.leave.set()
     await asyncio.wait_for(served, 5)  # returns normally: the edge then records the request
@@ -197,9 +202,7 @@ async def test_client_leaving_mid_stream_closes_the_stream() -> None:
     answer = Answer(200, "text/event-stream", {}, stream=chunks(closed, 1, then_wait=True))
     app, _ = fast_path(FakeHandler(answer))
     client = Client()
-    served = asyncio.create_task(
-        app(http_scope("POST", "/v1/chat/completions"), client.receive, client.send)
-    )
+    served = serve_chat(app, client)
     for _ in range(100):  # until the first chunk went out
         if len(client.sent) == 2:
             break
@@ -216,9 +219,7 @@ async def test_a_cancellation_from_elsewhere_still_propagates() -> None:
     handler.hold = True
     app, _ = fast_path(handler)
     client = Client()
-    served = asyncio.create_task(
-        app(http_scope("POST", "/v1/chat/completions"), client.receive, client.send)
-    )
+    served = serve_chat(app, client)
     await asyncio.wait_for(handler.started.wait(), 5)
     served.cancel()
     with pytest.raises(asyncio.CancelledError):
