@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +38,10 @@ from appliance.http.usage_facts import usage_hook
 from appliance.readiness import Probe, ProbeFailed, Readiness
 from appliance.routing.control import Control, OverrideBook
 from appliance.routing.health_monitor import HealthMonitor
+from appliance.routing.override_sync import OverrideSync
 from appliance.routing.registry import Registry
 from appliance.routing.retry_budget import RetryBudget
+from appliance.routing.sqlite_override_store import SqliteOverrideStore
 from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.settings_loader import LoadedConfig
@@ -86,13 +88,25 @@ class AppState:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """This process is worker `index` of `count` (`[server] workers`), all on one port."""
+
+    index: int
+    count: int
+    started: Callable[[], None]  # startup succeeded: tell the supervisor
+    reload_all: Callable[[], None]  # an admin reload applied here: reload every worker
+
+
+@dataclass(frozen=True, slots=True)
 class BuiltApp:
     quart: Quart
     asgi: ASGIApp
     state: AppState
 
 
-def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
+def build_app(
+    config: LoadedConfig, metrics: Metrics | None = None, worker: WorkerSlot | None = None
+) -> BuiltApp:
     settings = config.settings
     metrics = metrics or Metrics()
     state_dir = Path(settings.state.dir)
@@ -103,6 +117,7 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
     audit = SqliteAuditStore(state_dir / "audit.sqlite")
     runtime = Runtime.from_settings(settings)
     usage = build_usage(settings, state_dir, metrics, runtime)
+    usage.publishes = worker is None or worker.index == 0
     audit_sink = AuditSink(audit, forward=usage.forward_audit)
     limits = build_limits(settings, state_dir, metrics, audit_sink)
     control = Control(
@@ -180,8 +195,35 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
         state.usage.recorder.admit,
     )
     app.register_blueprint(inference_blueprint(state.current_runtime))
-    _register_admin(app, state, state_dir)
-    loop_lag = LoopLagMonitor(metrics.registry)
+    _register_admin(app, state, state_dir, worker)
+    _serve_lifecycle(app, state, LoopLagMonitor(metrics.registry), worker)
+
+    access_log = access_logger(settings.telemetry.access_log)
+    edge = EdgeMiddleware(
+        # The inference POST routes skip Quart's per-request machinery (see http/fast_path).
+        InferenceFastPath(inference, app.asgi_app),  # type: ignore[arg-type]
+        EdgeLimits(
+            max_body_bytes=settings.server.max_body_bytes,
+            body_read_timeout_s=settings.server.body_read_timeout_s,
+            max_header_bytes=settings.server.max_header_bytes,
+        ),
+        state.metrics,
+        access_log,
+        usage_hook=usage_hook(state.usage.recorder.record),
+        tracing=state.tracing,
+    )
+    app.asgi_app = edge  # type: ignore[assignment, method-assign]
+    return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
+
+
+def _serve_lifecycle(
+    app: Quart, state: AppState, loop_lag: LoopLagMonitor, worker: WorkerSlot | None
+) -> None:
+    """Open every part while the app serves; with workers, follow the others' overrides."""
+    sync = None
+    overrides = state.store.overrides
+    if worker is not None and isinstance(overrides, SqliteOverrideStore):
+        sync = OverrideSync(overrides.version, state.control.load)
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
@@ -202,27 +244,17 @@ def build_app(config: LoadedConfig, metrics: Metrics | None = None) -> BuiltApp:
             parts.push_async_callback(state.health.stop)
             loop_lag.start()
             parts.callback(loop_lag.stop)
+            if sync is not None:
+                sync.start()
+                parts.push_async_callback(sync.stop)
+            if worker is not None:
+                worker.started()
             yield
 
-    access_log = access_logger(settings.telemetry.access_log)
-    edge = EdgeMiddleware(
-        # The inference POST routes skip Quart's per-request machinery (see http/fast_path).
-        InferenceFastPath(inference, app.asgi_app),  # type: ignore[arg-type]
-        EdgeLimits(
-            max_body_bytes=settings.server.max_body_bytes,
-            body_read_timeout_s=settings.server.body_read_timeout_s,
-            max_header_bytes=settings.server.max_header_bytes,
-        ),
-        state.metrics,
-        access_log,
-        usage_hook=usage_hook(state.usage.recorder.record),
-        tracing=state.tracing,
-    )
-    app.asgi_app = edge  # type: ignore[assignment, method-assign]
-    return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]
 
-
-def _register_admin(app: Quart, state: AppState, state_dir: Path) -> None:
+def _register_admin(
+    app: Quart, state: AppState, state_dir: Path, worker: WorkerSlot | None
+) -> None:
     """The admin routes (admin tokens) and the lookups (admin tokens and org keys)."""
     settings = state.config.settings
     admin_tokens = AdminTokens(settings.admin.tokens)
@@ -235,7 +267,8 @@ def _register_admin(app: Quart, state: AppState, state_dir: Path) -> None:
         clock=time.time,
     )
     app.register_blueprint(buffer_blueprint(buffer, admin_tokens))
-    app.register_blueprint(config_blueprint(state.config_service, admin_tokens))
+    reloaded = worker.reload_all if worker is not None else None
+    app.register_blueprint(config_blueprint(state.config_service, admin_tokens, reloaded))
     lookup = lookup_blueprint(
         state.current_runtime, admin_tokens, state.audit, state.usage.outbox.lookup
     )

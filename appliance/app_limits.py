@@ -81,7 +81,10 @@ class LimitParts:
 def build_limits(
     settings: Settings, state_dir: Path, metrics: Metrics, sink: AuditSink
 ) -> LimitParts:
-    """Embedded (in-process limits, SQLite spend) or shared (Redis), chosen here only."""
+    """Embedded (in-process limits, SQLite spend) or shared (Redis), chosen here only.
+
+    With several workers each process is a replica for the fail-open share.
+    """
     limits = settings.limits
     observer = LimitMetrics(metrics.registry)
     redis, shared, keeper, spend = None, None, None, None
@@ -110,7 +113,7 @@ def build_limits(
         authority=authority,
         settler=settler,
         fail_open=settings.state.redis_failure_mode == "open",
-        expected_replicas=limits.expected_replicas,
+        expected_replicas=limits.expected_replicas * settings.server.workers,
         observer=observer,
         audit=sink,
         wall=time.time,

@@ -48,6 +48,8 @@ class UsageParts:
     audit_to_outbox: bool
     retention_s: float
     kafka: KafkaSink | None = None
+    # One publisher per outbox: with several workers only the first publishes (and prunes).
+    publishes: bool = True
     lock: ExitStack = field(default_factory=ExitStack)
     pruner: asyncio.Task[None] | None = None
 
@@ -58,9 +60,10 @@ class UsageParts:
         self.lock.enter_context(hold_shared(self.state_dir))
         await self.outbox.open()
         await asyncio.to_thread(self.free_space.measure)  # refuse from the first request on
-        self.publisher.start()
+        if self.publishes:
+            self.publisher.start()
+            self.pruner = asyncio.create_task(self._prune_lookups())
         self.watch.start()
-        self.pruner = asyncio.create_task(self._prune_lookups())
 
     async def close(self) -> None:
         if self.pruner is not None:

@@ -230,23 +230,31 @@ def semantic_problems(settings: Settings) -> list[Problem]:
     problems += _duplicates("admin.tokens", "id", [t.id for t in settings.admin.tokens])
     problems += _backend_problems(settings)
     problems += _reference_problems(settings)
-    problems += _not_yet_enforced(settings)
+    problems += _workers_problems(settings)
     otlp = settings.telemetry.otlp_endpoint
     if otlp and not otlp.startswith(("http://", "https://")):
         problems.append((("telemetry", "otlp_endpoint"), "must start with http(s):// (OTLP/HTTP)"))
     return problems
 
 
-def _not_yet_enforced(settings: Settings) -> list[Problem]:
-    """Settings this version parses but cannot honour yet: refused, never silently ignored.
-
-    An operator who sets a rate limit must not get a router that does not limit.
-    """
-    found: list[tuple[tuple[str | int, ...], bool]] = [
-        (("server", "workers"), settings.server.workers != 1),
-    ]
+def _workers_problems(settings: Settings) -> list[Problem]:
+    """Workers are separate processes: limits and budgets they enforce must live in Redis,
+    or each worker would admit the whole limit on its own."""
+    if settings.server.workers == 1 or settings.state.redis_url:
+        return []
+    limited = [f"org {o.id!r}" for o in settings.orgs if o.rpm or o.tpm or o.max_concurrent]
+    limited += [f"org {o.id!r}" for o in settings.orgs if o.monthly_budget_usd > 0]
+    limited += [f"key {k.id!r}" for k in settings.keys if k.rpm or k.tpm or k.max_concurrent]
+    if settings.budget.service_url:
+        limited.append("[budget] service_url")
+    if not limited:
+        return []
     return [
-        (path, "not supported by this version yet; leave the default") for path, on in found if on
+        (
+            ("server", "workers"),
+            "more than 1 worker needs [state] redis_url so that the workers share limits and "
+            f"budgets ({', '.join(dict.fromkeys(limited))} has some); set it, or workers = 1",
+        )
     ]
 
 

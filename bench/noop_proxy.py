@@ -7,13 +7,18 @@ forwarded to the same path on the upstream, the answer relayed whole, or chunk b
 The hypercorn settings mirror routerctl's (keep-alive, backlog, no access log) so the two rows
 differ only in what the application does.
 
-Usage: python bench/noop_proxy.py PORT UPSTREAM_BASE_URL
+With WORKERS > 1 the listening socket is bound once and that many forked processes serve it,
+as routerctl's `[server] workers` does (and as hypercorn's own multi-worker mode does).
+
+Usage: python bench/noop_proxy.py PORT UPSTREAM_BASE_URL [WORKERS]
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -64,9 +69,9 @@ async def _relay(upstream_response: aiohttp.ClientResponse) -> AsyncIterator[byt
             yield chunk
 
 
-def hypercorn_config(port: int) -> Config:
+def hypercorn_config(port: int, fd: int | None = None) -> Config:
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    config.bind = [f"127.0.0.1:{port}"] if fd is None else [f"fd://{fd}"]
     config.accesslog = None
     config.errorlog = "-"
     config.keep_alive_timeout = 75.0
@@ -76,15 +81,44 @@ def hypercorn_config(port: int) -> Config:
     return config
 
 
-async def main(port: int, upstream: str) -> None:
+async def main(port: int, upstream: str, fd: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(upstream.rstrip("/"))
-    await serve(app, hypercorn_config(port), shutdown_trigger=stop.wait, mode="asgi")
+    await serve(app, hypercorn_config(port, fd), shutdown_trigger=stop.wait, mode="asgi")
+
+
+def run(port: int, upstream: str, fd: int | None = None) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main(port, upstream, fd))
+
+
+def run_workers(port: int, upstream: str, workers: int) -> None:
+    """Bind once, fork `workers` servers of that socket, forward SIGTERM/SIGINT, reap them."""
+    sock = socket.create_server(("127.0.0.1", port), backlog=2048)
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # no event loop exists yet in the parent: forking is safe here
+            run(port, upstream, sock.fileno())
+            os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        os.waitpid(child, 0)
 
 
 if __name__ == "__main__":
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main(int(sys.argv[1]), sys.argv[2]))
+    count = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    if count > 1:
+        run_workers(int(sys.argv[1]), sys.argv[2], count)
+    else:
+        run(int(sys.argv[1]), sys.argv[2])

@@ -17,13 +17,24 @@ TARGETS = (
     "routerctl+kafka",
     "routerctl+redis",
     "routerctl+full",
+    "noop-2w",
+    "routerctl+full-2w",
 )
 # The rows under test; they get the API key. routerctl publishes usage to the default file
 # sink, routerctl+none to sink "none", routerctl+kafka to Kafka (Tansu); all use the outbox.
 # routerctl+full has every feature on: Redis limits (rpm, tpm, concurrency) and a budget,
-# active probes, the Kafka sink, metrics and the access log (tracing off).
-ROUTERS = ("routerctl+none", "routerctl", "routerctl+kafka", "routerctl+redis", "routerctl+full")
-LIMITED = ("routerctl+redis", "routerctl+full")  # rows whose answers carry x-ratelimit-*
+# active probes, the Kafka sink, metrics and the access log (tracing off). The -2w rows are
+# the do-nothing proxy and routerctl+full with two worker processes each (`[server] workers`).
+ROUTERS = (
+    "routerctl+none",
+    "routerctl",
+    "routerctl+kafka",
+    "routerctl+redis",
+    "routerctl+full",
+    "routerctl+full-2w",
+)
+LIMITED = ("routerctl+redis", "routerctl+full", "routerctl+full-2w")  # answers carry x-ratelimit-*
+FULL = ("routerctl+full", "routerctl+full-2w")  # rows with every feature on
 _LABELS = {
     "direct": "direct (nginx)",
     "noop": "do-nothing proxy",
@@ -32,6 +43,8 @@ _LABELS = {
     "routerctl+kafka": "routerctl+kafka",
     "routerctl+redis": "routerctl+redis",
     "routerctl+full": "routerctl+full",
+    "noop-2w": "do-nothing proxy, 2 workers",
+    "routerctl+full-2w": "routerctl+full, 2 workers",
 }
 # (subject, baseline) compared in each cell. routerctl+redis vs routerctl is what Redis limits
 # cost; routerctl+kafka and routerctl vs routerctl+none are what publishing the outbox's
@@ -46,6 +59,9 @@ PAIRS = (
     ("routerctl+redis", "routerctl"),
     ("routerctl+kafka", "routerctl+none"),
     ("routerctl", "routerctl+none"),
+    ("routerctl+full-2w", "noop-2w"),
+    ("routerctl+full-2w", "routerctl+full"),
+    ("noop-2w", "noop"),
 )
 
 
@@ -113,6 +129,10 @@ def budget(
     found = {(c.mode, c.concurrency, c.subject, c.baseline): c for c in comparisons}
     cells = _cells(results)
     checks = [_throughput(target, mode, found) for mode in ("chat", "stream")]
+    if "routerctl+full-2w" in ran:
+        checks += [
+            _throughput("routerctl+full-2w", m, found, "noop-2w") for m in ("chat", "stream")
+        ]
     checks += _latency(target, cells)
     checks.append(_ttfb(target, probes or {}))
     for mode in ("chat", "stream"):
@@ -139,12 +159,16 @@ def budget(
 
 
 def _throughput(
-    target: str, mode: str, found: dict[tuple[str, int, str, str], Comparison]
+    target: str,
+    mode: str,
+    found: dict[tuple[str, int, str, str], Comparison],
+    baseline: str = "noop",
 ) -> BudgetCheck:
-    c = found.get((mode, 64, target, "noop"))
+    c = found.get((mode, 64, target, baseline))
+    workers = " (both with 2 workers)" if baseline == "noop-2w" else ""
     return BudgetCheck(
         target,
-        f"{mode} c=64 throughput >= 1.00x the do-nothing proxy",
+        f"{mode} c=64 throughput >= 1.00x the do-nothing proxy{workers}",
         f"{c.throughput_ratio:.2f}x" if c else "n/a",
         c.throughput_ratio >= 1.0 if c else None,
     )

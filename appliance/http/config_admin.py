@@ -3,6 +3,7 @@ live, keep running on the old config (and say why) when the file is invalid."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -22,7 +23,10 @@ class Reloader(Protocol):
     async def reload_file(self) -> ReloadResult: ...
 
 
-def config_blueprint(reloader: Reloader, tokens: AdminTokens) -> Blueprint:
+def config_blueprint(
+    reloader: Reloader, tokens: AdminTokens, on_reloaded: Callable[[], None] | None = None
+) -> Blueprint:
+    """`on_reloaded` runs after a reload this route applied (workers: reload the others)."""
     bp = Blueprint("config_admin", __name__)
 
     @bp.post("/v1/admin/config/reload")
@@ -40,6 +44,8 @@ def config_blueprint(reloader: Reloader, tokens: AdminTokens) -> Blueprint:
                 + (f"; and {more} more" if more > 0 else "")
             ) from None
         _log.info("config_reload_requested", actor=token_id)
+        if on_reloaded is not None:
+            on_reloaded()
         body = {
             "status": "applied",
             "source": result.source,

@@ -50,6 +50,10 @@ class SqliteOverrideStore(SqliteStore):
         rows = await self._worker.run("list", _select_all)
         return [self._decode(row) for row in rows]
 
+    async def version(self) -> int:
+        """Changes whenever another connection (another worker) commits to the file."""
+        return await self._worker.run("version", _data_version)
+
     async def put(self, override: Override) -> None:
         """Insert or replace by id."""
         row = (
@@ -120,3 +124,7 @@ class SqliteOverrideStore(SqliteStore):
 
 def _select_all(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute(_SELECT + " ORDER BY created_at, id").fetchall()
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])

@@ -11,8 +11,10 @@ from appliance.server.h11_hardening import HardenedConfig
 from appliance.settings import ServerSettings, parse_listen
 
 
-def hypercorn_config(server: ServerSettings) -> HardenedConfig:
+def hypercorn_config(server: ServerSettings, listen_fd: int | None = None) -> HardenedConfig:
     """The config to serve with; raises StartupError on a hypercorn the hardening does not fit.
+
+    `listen_fd`: serve a listening socket inherited from the supervisor, not `server.listen`.
 
     Installing the hardening here means every server built from this config, the tests'
     included, speaks the same HTTP/1.1.
@@ -21,6 +23,8 @@ def hypercorn_config(server: ServerSettings) -> HardenedConfig:
     config = HardenedConfig()
     host, port = parse_listen(server.listen)
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if listen_fd is not None:
+        config.bind = [f"fd://{listen_fd}"]
     config.worker_class = "uvloop"
     config.graceful_timeout = server.graceful_shutdown_s
     config.keep_alive_timeout = server.keep_alive_timeout_s

@@ -16,11 +16,12 @@ from contextlib import AsyncExitStack
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.utils import LifespanFailureError
 
-from appliance.app import build_app
+from appliance.app import WorkerSlot, build_app
 from appliance.configsvc.service import ConfigService, ReloadRefused
 from appliance.server.hypercorn_setup import hypercorn_config
 from appliance.server.metrics_listener import MetricsListener
 from appliance.server.startup_error import StartupError
+from appliance.server.worker_role import WorkerRole
 from appliance.settings_loader import LoadedConfig
 from appliance.telemetry.logging import configure_logging, get_logger
 from appliance.telemetry.metrics import Metrics
@@ -33,11 +34,16 @@ Started = Callable[[LoadedConfig], None]
 _log = get_logger("routerctl.server")
 
 
-def run(source: ConfigSource, on_started: Started | None = None) -> int:
+def run(
+    source: ConfigSource, on_started: Started | None = None, role: WorkerRole | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT, then drain; returns the process exit code.
 
+    `role`: this process is one worker of a supervisor (`[server] workers` > 1).
     Raises StartupError when a component cannot start.
     """
+    if role is not None:
+        role.die_with_supervisor()
     try:
         import uvloop  # noqa: PLC0415  (optional: absent on platforms without it)
     except ImportError:
@@ -46,7 +52,7 @@ def run(source: ConfigSource, on_started: Started | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(serve(source, on_started))
+            runner.run(serve(source, on_started, role))
         except LifespanFailureError as exc:
             # hypercorn quotes the message: "Lifespan failure in startup. 'why'".
             why = str(exc).removeprefix("Lifespan failure in startup. ").strip("'\"")
@@ -54,7 +60,9 @@ def run(source: ConfigSource, on_started: Started | None = None) -> int:
     return 0
 
 
-async def serve(source: ConfigSource, on_started: Started | None = None) -> None:
+async def serve(
+    source: ConfigSource, on_started: Started | None = None, role: WorkerRole | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,18 +70,25 @@ async def serve(source: ConfigSource, on_started: Started | None = None) -> None
     try:
         async with AsyncExitStack() as stack:
             config = await source(stack)
-            configure_logging(config.settings.telemetry)
+            configure_logging(
+                config.settings.telemetry, worker=None if role is None else role.index
+            )
             server = config.settings.server
-            listener_config = hypercorn_config(server)  # first: it refuses a foreign hypercorn
+            # First: it refuses a foreign hypercorn.
+            listener_config = hypercorn_config(server, None if role is None else role.listen_fd)
             metrics = Metrics()
-            built = build_app(config, metrics)
+            built = build_app(config, metrics, _slot(role))
             reloads: set[asyncio.Task[None]] = set()
             loop.add_signal_handler(
                 signal.SIGHUP, _reload_on_signal, built.state.config_service, reloads
             )
-            if server.metrics_listen:
+            if role is not None:  # the supervisor serves metrics_listen, merging the workers'
+                listener = MetricsListener("", metrics, unix_path=role.metrics_path)
+                await stack.enter_async_context(listener)
+            elif server.metrics_listen:
                 await stack.enter_async_context(MetricsListener(server.metrics_listen, metrics))
-            _log.info("starting", listen=server.listen, metrics=server.metrics_listen or None)
+            metrics_at = server.metrics_listen if role is None else f"unix:{role.metrics_path}"
+            _log.info("starting", listen=server.listen, metrics=metrics_at or None)
             if on_started is not None:
                 on_started(config)
             await hypercorn_serve(
@@ -88,6 +103,12 @@ async def serve(source: ConfigSource, on_started: Started | None = None) -> None
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _slot(role: WorkerRole | None) -> WorkerSlot | None:
+    if role is None:
+        return None
+    return WorkerSlot(role.index, role.count, role.started, role.reload_all)
 
 
 def _reload_on_signal(service: ConfigService, tasks: set[asyncio.Task[None]]) -> None:

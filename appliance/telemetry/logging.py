@@ -16,12 +16,17 @@ from appliance.settings import TelemetrySettings
 
 
 def configure_logging(
-    settings: TelemetrySettings, stream: TextIO | None = None, *, cache: bool = True
+    settings: TelemetrySettings,
+    stream: TextIO | None = None,
+    *,
+    cache: bool = True,
+    worker: int | None = None,
 ) -> None:
     """Configure structlog and route stdlib loggers through the same level and renderer.
 
     Lines go to `stream` (stderr by default). `cache=False` keeps loggers following a later
-    reconfiguration (tests); a server caches each logger's pipeline on first use.
+    reconfiguration (tests); a server caches each logger's pipeline on first use. A worker
+    of several (`[server] workers`) says which on every line (`worker`).
     """
     out = sys.stderr if stream is None else stream
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
@@ -35,10 +40,13 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
+    if worker is not None:
+        shared.insert(0, _WorkerKey(worker))
     structlog.configure(
         processors=[_logger_key, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line: workers share stderr, and two writes could interleave.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(out)
@@ -49,6 +57,17 @@ def configure_logging(
         )
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class _WorkerKey:
+    def __init__(self, index: int) -> None:
+        self._index = index
+
+    def __call__(
+        self, _logger: object, _method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        event["worker"] = self._index
+        return event
 
 
 def _logger_key(

@@ -1,8 +1,8 @@
 """Prometheus metrics: one registry per app, children cached so the hot path skips label lookups.
 
-One process serves one registry: `[server] workers` must be 1 (settings refuse more), so every
-count here is the whole router's. Several workers would each need their own registry merged at
-scrape (prometheus_client's multiprocess mode); that is not built.
+Each process has its own registry. With `[server] workers` > 1 every worker keeps its own
+counts and the supervisor merges them at each scrape (telemetry/metrics_merge), so the hot
+path never shares memory or takes a lock to count.
 """
 
 from __future__ import annotations

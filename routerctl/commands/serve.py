@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -42,14 +44,20 @@ def serve(
         fail("pass exactly one of --config FILE or --demo", code=2)
     for name, value in (("--listen", listen), ("--metrics-listen", metrics_listen or None)):
         _check_listen(name, value)
+    from appliance.server.worker_role import WorkerRole  # noqa: PLC0415
+
+    role = WorkerRole.from_environ(os.environ)
     if config is not None:
-        source, on_started = _file_source(config, listen, metrics_listen), None
+        loaded = _load(config, listen, metrics_listen)
+        if loaded.settings.server.workers > 1 and role is None:
+            _supervise(loaded, _worker_command(config, listen))
+        source, on_started = _file_source(loaded), None
     else:
         source, on_started = _demo_source(listen, metrics_listen), _demo_banner
     from appliance.server import StartupError, run  # noqa: PLC0415
 
     try:
-        code = run(source, on_started)
+        code = run(source, on_started, role)
     except StartupError as exc:
         fail(f"cannot start: {exc}")
     except OSError as exc:
@@ -68,12 +76,36 @@ def _check_listen(option: str, value: str | None) -> None:
         fail(f"{option}: {exc}", code=2)
 
 
-def _file_source(path: Path, listen: str | None, metrics_listen: str | None) -> ConfigSource:
+def _load(path: Path, listen: str | None, metrics_listen: str | None) -> LoadedConfig:
     try:
-        loaded = _override(load_file(path), listen, metrics_listen)
+        return _override(load_file(path), listen, metrics_listen)
     except ConfigError as exc:
         fail_lines(exc.problems)
 
+
+def _supervise(loaded: LoadedConfig, command: list[str]) -> None:
+    """`[server] workers` > 1: this process supervises that many `routerctl serve` workers."""
+    from appliance.server.supervisor import supervise  # noqa: PLC0415
+
+    try:
+        code = supervise(loaded.settings, command, None)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"cannot listen: address already in use ({exc.strerror})")
+        raise
+    raise typer.Exit(code)
+
+
+def _worker_command(config: Path, listen: str | None) -> list[str]:
+    """How a worker runs: this same program (the one-file binary included), same config."""
+    program = (
+        [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "routerctl"]
+    )
+    extra = ["--listen", listen] if listen is not None else []
+    return [*program, "serve", "--config", str(config.resolve()), *extra]
+
+
+def _file_source(loaded: LoadedConfig) -> ConfigSource:
     async def from_file(_: AsyncExitStack) -> LoadedConfig:
         return loaded
 

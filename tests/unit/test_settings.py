@@ -136,12 +136,20 @@ def test_bad_listen_in_file() -> None:
     ]
 
 
-def test_settings_not_enforced_yet_are_refused() -> None:
-    """Features this version cannot honour yet are refused rather than silently ignored."""
+def test_workers_with_limits_need_redis() -> None:
+    """Several workers with in-process limits would each admit the whole limit: refused."""
     text = GOOD.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8080"\nworkers = 2')
-    assert problems_of(text, {"A_KEY": "x"}) == [
-        "r.toml:4: server.workers: not supported by this version yet; leave the default",
+    limited = text + '\n[[orgs]]\nid = "beta"\nrpm = 10\n'
+    assert problems_of(limited, {"A_KEY": "x"}) == [
+        "r.toml:4: server.workers: more than 1 worker needs [state] redis_url so that the "
+        "workers share limits and budgets (org 'beta' has some); set it, or workers = 1",
     ]
+    shared = limited.replace(
+        "[server]", '[state]\nredis_url = "redis://127.0.0.1:6379"\n\n[server]'
+    )
+    assert load_text(shared, "r.toml", {"A_KEY": "x"}).settings.server.workers == 2
+    # GOOD's orgs have no limits: nothing to share
+    assert load_text(text, "r.toml", {"A_KEY": "x"}).settings.server.workers == 2
 
 
 def test_otlp_endpoint_is_accepted_when_http() -> None:
