@@ -241,3 +241,46 @@ def test_a_busy_port_is_one_line_and_exit_1(mock_url: str, tmp_path: Path) -> No
         .splitlines()[-1]
         .startswith("routerctl: error: cannot listen: address already in use")
     )
+
+
+async def backend_weights(url: str, n: int) -> Counter[float]:
+    """The mock backend's configured weight as `n` fresh connections (either worker) see it."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    seen: Counter[float] = Counter()
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        for _ in range(n):
+            async with session.get(f"{url}/v1/admin/backends") as r:
+                seen[(await r.json())["data"][0]["weight"]] += 1
+    return seen
+
+
+async def test_a_reload_through_either_path_reaches_every_worker(
+    mock_url: str, tmp_path: Path
+) -> None:
+    """An admin API reload answered by one worker, and SIGHUP to the supervisor, both leave
+    every worker serving the new file."""
+    path = config(tmp_path, mock_url, free_port(), '\n[[orgs]]\nid = "acme"\n')
+    backend = f'url = "{mock_url}"'
+    with router_process(["--config", str(path)], tmp_path) as router:
+        await logged(router, "workers_started")
+        path.write_text(path.read_text().replace(backend, f"{backend}\nweight = 2.0"))
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {ADMIN}"}
+            reload = f"{router.url}/v1/admin/config/reload"
+            async with session.post(reload, headers=headers) as r:
+                assert r.status == 200
+        for _ in range(40):  # the other worker reloads on the supervisor's SIGHUP
+            if await backend_weights(router.url, 8) == Counter({2.0: 8}):
+                break
+            await asyncio.sleep(0.1)
+        assert await backend_weights(router.url, 12) == Counter({2.0: 12})
+
+        path.write_text(path.read_text().replace("weight = 2.0", "weight = 3.0"))
+        router.process.send_signal(signal.SIGHUP)
+        for _ in range(40):
+            if await backend_weights(router.url, 8) == Counter({3.0: 8}):
+                break
+            await asyncio.sleep(0.1)
+        assert await backend_weights(router.url, 12) == Counter({3.0: 12})
+        assert router.terminate() == 0
