@@ -224,9 +224,10 @@ def _calibration_text(results: list[Result]) -> list[str]:
 
 
 def render(results: list[Result], comparisons: list[Comparison], checks: list[BudgetCheck]) -> str:
+    w = max(len(label) for label in _LABELS.values())
     lines = [
-        f"{'case':<12} {'target':<17} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  status",
-        "-" * 66,
+        f"{'case':<12} {'target':<{w}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  status",
+        "-" * (49 + w),
     ]
     for (mode, concurrency), cell in _cells(results).items():
         for target in TARGETS:
@@ -240,18 +241,19 @@ def render(results: list[Result], comparisons: list[Comparison], checks: list[Bu
                 else f"{'-':>9} {'-':>8} {'-':>8}"
             )
             lines.append(
-                f"{f'{mode} c={concurrency}':<12} {_LABELS[target]:<17} {numbers}  {status}"
+                f"{f'{mode} c={concurrency}':<12} {_LABELS[target]:<{w}} {numbers}  {status}"
             )
         lines.append("")
     lines += [
         "Each router row against each baseline (throughput ratio; latency added in ms);",
         "routerctl+redis vs routerctl is what Redis limits cost; routerctl+kafka (outbox to",
         "Kafka) and routerctl (outbox to the file) vs routerctl+none is what their sink costs:",
-        f"{'case':<12} {'target':<16} {'vs':<17} {'req/s ratio':>11} {'+p50 ms':>8} {'+p99 ms':>8}",
-        "-" * 77,
+        f"{'case':<12} {'target':<{w}} {'vs':<{w}} {'req/s ratio':>11} "
+        f"{'+p50 ms':>8} {'+p99 ms':>8}",
+        "-" * (43 + 2 * w),
     ]
     lines += [
-        f"{f'{c.mode} c={c.concurrency}':<12} {_LABELS[c.subject]:<16} {_LABELS[c.baseline]:<17} "
+        f"{f'{c.mode} c={c.concurrency}':<12} {_LABELS[c.subject]:<{w}} {_LABELS[c.baseline]:<{w}} "
         f"{c.throughput_ratio:>10.2f}x {c.added_p50_ms:>+8.2f} {c.added_p99_ms:>+8.2f}"
         for c in sorted(comparisons, key=_comparison_order)
     ]
@@ -273,18 +275,19 @@ def _comparison_order(c: Comparison) -> tuple[str, int, int]:
 def markdown_table(results: list[Result], comparisons: list[Comparison]) -> str:
     """The same numbers as a Markdown table, for docs/benchmarks.md."""
     found = {(c.mode, c.concurrency, c.subject, c.baseline): c for c in comparisons}
-    baselines = ("direct", "noop", "routerctl", "routerctl+none")
+    baselines = ("direct", "noop", "routerctl", "routerctl+none", "noop-2w", "routerctl+full")
     lines = [
         "| case | target | req/s | p50 ms | p99 ms | vs direct | vs do-nothing proxy "
-        "| vs routerctl | vs routerctl+none |",
-        "|---|---|---:|---:|---:|---|---|---|---|",
+        "| vs routerctl | vs routerctl+none | vs do-nothing proxy, 2 workers "
+        "| vs routerctl+full |",
+        "|---|---|---:|---:|---:|---|---|---|---|---|---|",
     ]
     for (mode, concurrency), cell in _cells(results).items():
         for target in TARGETS:
             r = cell.get(target)
             if r is None:
                 continue
-            vs = ["", "", "", ""]
+            vs = [""] * len(baselines)
             for i, name in enumerate(baselines):
                 if (target, name) in PAIRS:
                     c = found.get((mode, concurrency, target, name))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from appliance.errors import (
     RouterError,
 )
 from appliance.http.context import CONTEXT_KEY, RequestContext
+from appliance.http.ids import RecordIds
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.spans import Tracing
 
@@ -68,6 +68,7 @@ class EdgeMiddleware:
         self._access_log = access_log
         self._usage_hook = usage_hook
         self._tracing = tracing
+        self._ids = RecordIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +112,7 @@ class EdgeMiddleware:
     def _context(self, scope: Scope, head: _Head) -> RequestContext:
         # Record ids must be unique whatever clients send: a reused client x-request-id must
         # not make two requests look like one to billing's de-duplication.
-        record_id = uuid.uuid4().hex
+        record_id = self._ids()
         request_id = head.request_id or record_id
         context = RequestContext(request_id, scope["method"], scope["path"], record_id)
         context.started_at = time.time()

@@ -7,6 +7,8 @@ path never shares memory or takes a lock to count.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -42,6 +44,26 @@ _OVERHEAD_BUCKETS = (
 )  # fmt: skip
 
 
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children, each looked up once: `.labels()` validates the values
+    and takes a lock on every call. Label values must be a bounded set (configured ids)."""
+
+    __slots__ = ("_found", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric = metric
+        self._found: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        child = self._found.get(values)
+        if child is None:
+            child = self._found[values] = self._metric.labels(*values)
+        return child
+
+
 def route_label(path: str) -> str:
     """The bounded `route` label of a request path."""
     if path in KNOWN_ROUTES:
@@ -57,30 +79,36 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._requests = Counter(
-            "router_http_requests_total",
-            "HTTP requests answered, by route, method and status code.",
-            ["route", "method", "status"],
-            registry=self.registry,
+        self._requests = Children(
+            Counter(
+                "router_http_requests_total",
+                "HTTP requests answered, by route, method and status code.",
+                ["route", "method", "status"],
+                registry=self.registry,
+            )
         )
-        self._latency = Histogram(
-            "router_http_request_duration_seconds",
-            "Time from request start to the last byte of the response (whole stream included).",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+        self._latency = Children(
+            Histogram(
+                "router_http_request_duration_seconds",
+                "Time from request start to the last byte of the response (whole stream included).",
+                ["route"],
+                buckets=_LATENCY_BUCKETS,
+                registry=self.registry,
+            )
         )
         self._inflight = Gauge(
             "router_inflight_requests",
             "HTTP requests being served (streams until their last byte).",
             registry=self.registry,
         )
-        self._ttft = Histogram(
-            "router_time_to_first_token_seconds",
-            "Streams: time from request start to the first byte of the stream at the client.",
-            ["model"],
-            buckets=_TTFT_BUCKETS,
-            registry=self.registry,
+        self._ttft = Children(
+            Histogram(
+                "router_time_to_first_token_seconds",
+                "Streams: time from request start to the first byte of the stream at the client.",
+                ["model"],
+                buckets=_TTFT_BUCKETS,
+                registry=self.registry,
+            )
         )
         self._overhead = Histogram(
             "router_overhead_seconds",
@@ -94,8 +122,6 @@ class Metrics:
             ["version", "commit"],
             registry=self.registry,
         ).labels(BUILD.version, BUILD.commit).set(1)
-        self._children: dict[tuple[str, ...], MetricWrapperBase] = {}
-        self._ttft_children: dict[str, MetricWrapperBase] = {}
 
     def request_started(self) -> None:
         self._inflight.inc()
@@ -104,16 +130,8 @@ class Metrics:
         """A request ended (each request exactly once, after `request_started`)."""
         self._inflight.dec()
         route = route_label(path)
-        key = (route, method if method in _METHODS else "other", str(status))
-        counter = self._children.get(key)
-        if counter is None:
-            counter = self._children[key] = self._requests.labels(*key)
-        counter.inc()  # type: ignore[attr-defined]
-        hkey = (route,)
-        histogram = self._children.get(hkey)
-        if histogram is None:
-            histogram = self._children[hkey] = self._latency.labels(route)
-        histogram.observe(seconds)  # type: ignore[attr-defined]
+        self._requests(route, method if method in _METHODS else "other", str(status)).inc()
+        self._latency(route).observe(seconds)
 
     def observe_forwarded(
         self, model: str, overhead_s: float | None, first_token_s: float | None
@@ -122,10 +140,7 @@ class Metrics:
         if overhead_s is not None:
             self._overhead.observe(max(overhead_s, 0.0))
         if first_token_s is not None:
-            histogram = self._ttft_children.get(model)
-            if histogram is None:
-                histogram = self._ttft_children[model] = self._ttft.labels(model)
-            histogram.observe(first_token_s)  # type: ignore[attr-defined]
+            self._ttft(model).observe(first_token_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from appliance.routing.registry import Registry
+from appliance.telemetry.metrics import Children
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -22,24 +23,31 @@ class RoutingMetrics:
     def __init__(
         self, registry: CollectorRegistry, routing: Registry, monotonic: Callable[[], float]
     ) -> None:
-        self._requests = Counter(
-            "router_requests_total",
-            "Attempts sent to backends, by backend, decision type and success.",
-            ["backend_id", "decision_type", "success"],
-            registry=registry,
+        self._requests = Children(
+            Counter(
+                "router_requests_total",
+                "Attempts sent to backends, by backend, decision type and success.",
+                ["backend_id", "decision_type", "success"],
+                registry=registry,
+            )
         )
-        self._by_backend = Counter(
-            "router_requests_by_backend_total",
-            "Attempts sent to each backend.",
-            ["backend_id"],
-            registry=registry,
+        self._by_backend = Children(
+            Counter(
+                "router_requests_by_backend_total",
+                "Attempts sent to each backend.",
+                ["backend_id"],
+                registry=registry,
+            )
         )
-        self._latency = Histogram(
-            "router_backend_latency_seconds",
-            "Backend latency per attempt: the whole answer for JSON, the whole stream for streams.",
-            ["backend_id"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
+        self._latency = Children(
+            Histogram(
+                "router_backend_latency_seconds",
+                "Backend latency per attempt: the whole answer for JSON, the whole stream for "
+                "streams.",
+                ["backend_id"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            )
         )
         self._failovers = Counter(
             "router_failover_total",
@@ -62,9 +70,9 @@ class RoutingMetrics:
         registry.register(_LiveState(routing, monotonic))
 
     def attempt(self, backend_id: str, kind: str, success: bool, latency_s: float) -> None:
-        self._requests.labels(backend_id, kind, "true" if success else "false").inc()
-        self._by_backend.labels(backend_id).inc()
-        self._latency.labels(backend_id).observe(latency_s)
+        self._requests(backend_id, kind, "true" if success else "false").inc()
+        self._by_backend(backend_id).inc()
+        self._latency(backend_id).observe(latency_s)
 
     def failover(self, from_backend: str, to_backend: str, reason: str) -> None:
         self._failovers.labels(from_backend, to_backend, reason).inc()

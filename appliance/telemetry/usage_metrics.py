@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from appliance.telemetry.metrics import Children
+
 _PUBLISH_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 
 
@@ -62,24 +64,27 @@ class UsageMetrics:
             ["sink", "kind"],
             registry=registry,
         )
-        self._tokens = Counter(
-            "router_tokens_total", "Tokens used.", ["org", "model", "type"], registry=registry
+        self._tokens = Children(
+            Counter(
+                "router_tokens_total", "Tokens used.", ["org", "model", "type"], registry=registry
+            )
         )
-        self._cost = Counter(
-            "router_cost_usd_total", "Cost in USD.", ["org", "model"], registry=registry
+        self._cost = Children(
+            Counter("router_cost_usd_total", "Cost in USD.", ["org", "model"], registry=registry)
         )
+        self._written = self._records.labels("outbox", "written")
 
     def recorded(
         self, org: str | None, model: str | None, prompt: int, completion: int, usd: float
     ) -> None:
-        self._records.labels("outbox", "written").inc()
-        labels = (org or "", model or "")
+        self._written.inc()
+        org, model = org or "", model or ""
         if prompt:
-            self._tokens.labels(*labels, "input").inc(prompt)
+            self._tokens(org, model, "input").inc(prompt)
         if completion:
-            self._tokens.labels(*labels, "output").inc(completion)
+            self._tokens(org, model, "output").inc(completion)
         if usd:
-            self._cost.labels(*labels).inc(usd)
+            self._cost(org, model).inc(usd)
 
     def record_failed(self, reason: str) -> None:
         self._records.labels("outbox", reason).inc()
