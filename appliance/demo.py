@@ -1,16 +1,23 @@
-"""`routerctl serve --demo`: two in-process mock backends, one model, one org, a known key.
+"""`routerctl serve --demo`: two in-process mock backends, one model, one org, a known key
+and an operator admin token.
 
-The key is fixed so the README's curl works as printed; the demo listens on loopback only.
+The key and the token are fixed so the README's commands work as printed, while the demo
+listens on loopback. Given a non-loopback `--listen`, the token is a fresh random one (printed
+by the banner): a fixed operator token must never be reachable from other hosts.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tempfile
 from contextlib import AsyncExitStack
 
+from appliance.auth.admin import generate_admin_token
 from appliance.auth.keyring import hash_key
 from appliance.mock.server import MockBackend
 from appliance.settings import (
+    AdminSettings,
+    AdminToken,
     ApiKey,
     Backend,
     Model,
@@ -20,16 +27,31 @@ from appliance.settings import (
     Settings,
     StateSettings,
     TelemetrySettings,
+    parse_listen,
 )
 from appliance.settings_loader import BackendCredentials, LoadedConfig
 
 DEMO_KEY = "rk-demo-key-for-local-use-only"
 DEMO_MODEL = "demo"
+DEMO_ADMIN_TOKEN = "rka-demo-operator-token-for-local-use-only"  # noqa: S105 - documented demo
 _MOCK_HOST = "127.0.0.1"
 
 
+def demo_admin_token(listen: str) -> str:
+    """The fixed demo token on loopback, else a random one for this run."""
+    host, _ = parse_listen(listen)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    return DEMO_ADMIN_TOKEN if loopback else generate_admin_token()
+
+
 async def start_demo(
-    stack: AsyncExitStack, listen: str = "127.0.0.1:8080", metrics_listen: str = "127.0.0.1:9090"
+    stack: AsyncExitStack,
+    listen: str = "127.0.0.1:8080",
+    metrics_listen: str = "127.0.0.1:9090",
+    admin_token: str = DEMO_ADMIN_TOKEN,
 ) -> LoadedConfig:
     """Start the demo's mock backends (stopped with `stack`) and return its config."""
     state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="routerctl-demo-"))
@@ -49,6 +71,9 @@ async def start_demo(
         ),
         orgs=(Org(id="demo"),),
         keys=(ApiKey(id="demo-key", org="demo", sha256=hash_key(DEMO_KEY)),),
+        admin=AdminSettings(
+            tokens=(AdminToken(id="demo-operator", sha256=hash_key(admin_token), role="operator"),)
+        ),
     )
     return LoadedConfig(
         settings=settings,

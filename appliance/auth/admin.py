@@ -28,13 +28,19 @@ def generate_admin_token() -> str:
 class AdminTokens:
     """An immutable index of configured admin tokens by hash; rebuilt on reload."""
 
-    __slots__ = ("_by_hash",)
+    __slots__ = ("_by_hash", "_none")
 
     def __init__(self, tokens: Iterable[AdminToken]) -> None:
         self._by_hash: dict[str, tuple[str, Role]] = {t.sha256: (t.id, t.role) for t in tokens}
+        self._none = not self._by_hash  # checked first: no token can match
 
     def authorize(self, authorization: str | None, need: Role) -> str:
         """The id of the token in an `Authorization` header value, if its role allows `need`."""
+        if self._none:  # no token can be right: say so instead of "incorrect"
+            raise InvalidAdminToken(
+                "This router has no admin tokens configured: add an [[admin.tokens]] entry "
+                "(`routerctl keys create-admin` prints one) and reload."
+            )
         token = bearer_token(authorization)
         if token is None:
             raise InvalidAdminToken()

@@ -17,7 +17,7 @@ from appliance.settings_loader import ConfigError, LoadedConfig, load_file
 from routerctl.commands.output import fail, fail_lines
 
 if TYPE_CHECKING:
-    from appliance.server import ConfigSource
+    from appliance.server import ConfigSource, Started
 
 # appliance.server and appliance.demo pull in quart, hypercorn and aiohttp: they are imported
 # inside the functions that serve, so admin commands start in a fraction of the time.
@@ -53,7 +53,7 @@ def serve(
             _supervise(loaded, _worker_command(config, listen))
         source, on_started = _file_source(loaded), None
     else:
-        source, on_started = _demo_source(listen, metrics_listen), _demo_banner
+        source, on_started = _demo(listen, metrics_listen)
     from appliance.server import StartupError, run  # noqa: PLC0415
 
     try:
@@ -112,14 +112,21 @@ def _file_source(loaded: LoadedConfig) -> ConfigSource:
     return from_file
 
 
-def _demo_source(listen: str | None, metrics_listen: str | None) -> ConfigSource:
-    from appliance.demo import start_demo  # noqa: PLC0415
+def _demo(listen: str | None, metrics_listen: str | None) -> tuple[ConfigSource, Started]:
+    """The demo's config source, and its banner (which prints the admin token it made)."""
+    from appliance.demo import demo_admin_token, start_demo  # noqa: PLC0415
+
+    address = listen or "127.0.0.1:8080"
+    token = demo_admin_token(address)
 
     async def from_demo(stack: AsyncExitStack) -> LoadedConfig:
         metrics = "127.0.0.1:9090" if metrics_listen is None else metrics_listen
-        return await start_demo(stack, listen or "127.0.0.1:8080", metrics)
+        return await start_demo(stack, address, metrics, token)
 
-    return from_demo
+    def banner(loaded: LoadedConfig) -> None:
+        _demo_banner(loaded, token)
+
+    return from_demo, banner
 
 
 def _override(loaded: LoadedConfig, listen: str | None, metrics_listen: str | None) -> LoadedConfig:
@@ -135,14 +142,17 @@ def _override(loaded: LoadedConfig, listen: str | None, metrics_listen: str | No
     return LoadedConfig(settings, loaded.credentials, loaded.source, server_overrides=changes)
 
 
-def _demo_banner(loaded: LoadedConfig) -> None:
+def _demo_banner(loaded: LoadedConfig, token: str) -> None:
     from appliance.demo import DEMO_KEY, DEMO_MODEL  # noqa: PLC0415
 
     server: ServerSettings = loaded.settings.server
-    url = f"http://{server.listen}/v1"
+    base = f"http://{server.listen}"
+    url = f"{base}/v1"
     typer.echo(
         f"routerctl demo: serving model '{DEMO_MODEL}' on {url}\n"
         f"  demo API key: {DEMO_KEY}\n"
+        f"  operator commands (routerctl backend list, audit, ...): "
+        f"export ROUTERCTL_URL={base} ROUTERCTL_TOKEN={token}\n"
         f"  try: curl {url}/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' "
         f"-H 'Content-Type: application/json' "
         f'-d \'{{"model": "{DEMO_MODEL}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',

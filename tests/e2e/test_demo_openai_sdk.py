@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from appliance.demo import DEMO_KEY
-from tests.e2e.cli import RouterProcess, free_port, router_process
+from tests.e2e.cli import RouterProcess, free_port, router_process, run_cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -131,3 +131,20 @@ def test_sdk_raises_on_mid_stream_error(client: openai.OpenAI) -> None:
     )
     with pytest.raises(openai.APIError, match="middle of the response"):
         list(stream)
+
+
+def test_the_printed_export_line_makes_operator_commands_work(demo: RouterProcess) -> None:
+    """The banner's `export ROUTERCTL_URL=… ROUTERCTL_TOKEN=…`, used as printed, lets
+    `backend list`, `backend degrade` and `override list` work against the demo."""
+    match = re.search(r"export (ROUTERCTL_URL=\S+) (ROUTERCTL_TOKEN=\S+)", demo.output())
+    assert match is not None, demo.output()
+    env = dict(pair.split("=", 1) for pair in match.groups())
+    assert env["ROUTERCTL_URL"] == demo.url
+    listed = run_cli("backend", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "mock-a" in listed.stdout
+    degraded = run_cli("backend", "degrade", "mock-b", "--weight", "0.5", "--reason", "t", env=env)
+    assert degraded.returncode == 0, degraded.stderr
+    overrides = run_cli("override", "list", env=env)
+    assert "demo-operator" in overrides.stdout, overrides.stdout
+    run_cli("backend", "restore", "mock-b", env=env)

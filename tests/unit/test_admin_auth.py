@@ -6,6 +6,7 @@ import pytest
 
 from appliance.auth.admin import ADMIN_TOKEN_PREFIX, AdminTokens, generate_admin_token
 from appliance.auth.keyring import hash_key
+from appliance.demo import DEMO_ADMIN_TOKEN, demo_admin_token
 from appliance.errors import InsufficientRole, InvalidAdminToken
 from appliance.settings import AdminToken
 
@@ -67,10 +68,30 @@ def test_org_api_key_is_refused_with_a_hint(tokens: AdminTokens) -> None:
     assert ORG_KEY not in caught.value.message
 
 
-def test_no_tokens_configured_refuses_everyone() -> None:
-    """With no [[admin.tokens]] the admin API is closed to every caller."""
-    with pytest.raises(InvalidAdminToken):
-        AdminTokens(()).authorize(f"Bearer {OPERATOR}", "viewer")
+def test_no_tokens_configured_refuses_everyone_and_says_why() -> None:
+    """With no [[admin.tokens]] the admin API is closed to every caller, and the answer says
+    the router has none rather than calling the caller's token incorrect."""
+    for header in (f"Bearer {OPERATOR}", None):
+        with pytest.raises(InvalidAdminToken, match="has no admin tokens configured"):
+            AdminTokens(()).authorize(header, "viewer")
+
+
+@pytest.mark.parametrize(
+    ("listen", "fixed"),
+    [
+        ("127.0.0.1:8080", True),
+        ("[::1]:8080", True),
+        ("localhost:8080", True),
+        ("0.0.0.0:8080", False),
+        ("10.1.2.3:8080", False),
+        ("router.example:8080", False),
+    ],
+)
+def test_the_demo_token_is_fixed_on_loopback_only(listen: str, fixed: bool) -> None:
+    """The README's demo token works on loopback; elsewhere each run makes a random one."""
+    token = demo_admin_token(listen)
+    assert (token == DEMO_ADMIN_TOKEN) is fixed
+    assert token.startswith(ADMIN_TOKEN_PREFIX)
 
 
 def test_tokens_are_held_by_hash_only(tokens: AdminTokens) -> None:
