@@ -119,9 +119,9 @@ class AdminClient:
         return self._call("GET", "/v1/admin/backends", None, _Backends).data
 
     def degrade(
-        self, backend_id: str, weight: float, reason: str, ttl_s: float | None
+        self, backend_id: str, factor: float, reason: str, ttl_s: float | None
     ) -> OverrideInfo:
-        body = {"weight": weight, "reason": reason, "ttl_s": ttl_s}
+        body = {"factor": factor, "reason": reason, "ttl_s": ttl_s}
         return self._call("POST", _backend_path(backend_id, "degrade"), body, OverrideInfo)
 
     def drain(self, backend_id: str, reason: str, ttl_s: float | None) -> OverrideInfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -19,7 +19,7 @@ def load_command(name: str, target: str) -> Any:  # typer's vendored click.Comma
     obj = getattr(importlib.import_module(module_name), attribute)
     holder = typer.Typer(rich_markup_mode=None)
     if isinstance(obj, typer.Typer):
-        holder.add_typer(obj, name=name)
+        holder.add_typer(obj, name=name, cls=WholeHelpGroup)
     else:
         holder.command(name)(obj)
     # get_group always builds a group, so a one-command sub-app stays a group of its own.
@@ -53,7 +53,23 @@ class LazyCommands(MutableMapping[str, Any]):
         return len(self._targets.keys() | self._loaded.keys())
 
 
-class LazyGroup(TyperGroup):
+class WholeHelpGroup(TyperGroup):
+    """A group whose command list shows each command's first sentence whole."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Each command's first sentence whole, wrapped, never cut with "..." as click does
+        past ~45 characters: the list is how a newcomer finds the command they need."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class LazyGroup(WholeHelpGroup):
     """The root group: main.COMMANDS plus anything registered on `app` directly."""
 
     def __init__(self, **attrs: Any) -> None:
@@ -72,7 +88,25 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from routerctl.main import print_version  # noqa: PLC0415
+
+        print_version(as_json=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print routerctl's version, commit and build time, and exit.",
+        ),
+    ] = False,
+) -> None:
     # A callback makes typer build a group although no command is registered on app itself.
     pass

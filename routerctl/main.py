@@ -32,10 +32,10 @@ COMMANDS: Final[Mapping[str, str]] = {
 def run() -> None:
     """Console-script entry point."""
     argv = sys.argv[1:]
-    if argv in (["version"], ["version", "--json"]):
+    if argv in (["version"], ["version", "--json"], ["--version"]):
         # Building the CLI (typer, pydantic) would triple this start-up; the output is the
         # version command's, byte for byte (tests/packaging checks it).
-        print_version(as_json=len(argv) == 2)
+        print_version(as_json=argv == ["version", "--json"])
         return
     from routerctl.cli import app  # noqa: PLC0415
 

@@ -8,10 +8,22 @@ from typing import Any
 
 import msgspec
 
+# Every kind the router writes; `audit lookup --kind` accepts these only.
+KINDS = (
+    "backend.degrade",
+    "backend.drain",
+    "backend.restore",
+    "override.pin",
+    "override.clear",
+    "limit.deny",
+    "limit.shadow_deny",
+    "config.reject",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One audited fact. `kind` is dotted: "override.create", "backend.drain", "limit.deny"."""
+    """One audited fact. `kind` is one of KINDS: "backend.drain", "limit.deny", ..."""
 
     kind: str
     time: float  # unix seconds

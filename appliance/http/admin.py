@@ -32,9 +32,25 @@ class _Body(Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Reason
 
 
+Factor = Annotated[float, Meta(gt=0, lt=1)]
+
+
 class DegradeBody(_Body):
-    weight: Annotated[float, Meta(gt=0, lt=1)]
+    # `factor` is the name the override and `override list` show; `weight` is its old alias.
+    factor: Factor | None = None
+    weight: Factor | None = None
     ttl_s: Ttl | None = None
+
+    def chosen(self) -> float:
+        """The factor asked for; a 400 unless exactly one of the two names carries it."""
+        chosen = self.factor if self.weight is None else self.weight
+        if chosen is None or (self.factor is not None and self.weight is not None):
+            raise InvalidRequest(
+                "Give the degrade factor as 'factor' (0 < factor < 1); 'weight' is its "
+                "older name, accepted alone.",
+                param="factor",
+            )
+        return chosen
 
 
 class DrainBody(_Body):
@@ -87,7 +103,7 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
     async def degrade(backend_id: str) -> Response:
         who = actor("operator")
         body = await parse_body(DegradeBody)
-        made = await control.degrade(backend_id, body.weight, body.reason, who, body.ttl_s)
+        made = await control.degrade(backend_id, body.chosen(), body.reason, who, body.ttl_s)
         return _json(render_override(made))
 
     @bp.post("/v1/admin/backends/<backend_id>/drain")

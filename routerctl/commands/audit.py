@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from appliance.audit.events import KINDS
 from routerctl.admin_client import AdminClient, AuditInfo
 from routerctl.commands.admin_view import (
     JsonOption,
@@ -87,7 +88,7 @@ def lookup(
     ] = None,
     org: Annotated[str | None, typer.Option("--org", help="Only events of this org.")] = None,
     kind: Annotated[
-        str | None, typer.Option("--kind", help="Only this kind, e.g. limit.deny, backend.drain.")
+        str | None, typer.Option("--kind", help=f"Only this kind: {', '.join(KINDS)}.")
     ] = None,
     since: SinceOption = None,
     until: UntilOption = None,
@@ -98,6 +99,8 @@ def lookup(
     as_json: JsonOption = False,
 ) -> None:
     """Show audit events matching every filter given, newest first."""
+    if kind is not None and kind not in KINDS:
+        fail(f"--kind: unknown kind {kind!r}; the kinds are: {', '.join(KINDS)}", code=2)
     now = time.time()
     since_s = _when_or_fail("--since", since, now)
     until_s = _when_or_fail("--until", until, now)

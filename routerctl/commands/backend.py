@@ -45,8 +45,13 @@ def list_backends(url: UrlOption = None, as_json: JsonOption = False) -> None:
 def degrade(
     backend_id: BackendArg,
     *,  # options by name only; typer passes them so
-    weight: Annotated[
-        float, typer.Option("--weight", help="Weight factor, 0 < F < 1 (0.25 = a quarter).")
+    factor: Annotated[
+        float,
+        typer.Option(
+            "--factor",
+            "--weight",
+            help="Multiply its weight by F, 0 < F < 1 (0.25 = a quarter); --weight is an alias.",
+        ),
     ],
     reason: ReasonOption,
     ttl: TtlOption = None,
@@ -56,7 +61,7 @@ def degrade(
     """Send a backend a fraction of its usual share of traffic."""
     ttl_s = ttl_or_fail(ttl)
     with admin_errors():
-        made = AdminClient.from_env(url).degrade(backend_id, weight, reason, ttl_s)
+        made = AdminClient.from_env(url).degrade(backend_id, factor, reason, ttl_s)
     report_override(made, as_json, f"backend {made.backend} degraded to x{made.factor:g}")
 
 

@@ -236,12 +236,13 @@ def test_bad_ttl(server: AdminServer, ttl: str) -> None:
     assert server.control.calls == []
 
 
-@pytest.mark.parametrize("weight", ["1.5", "0"])
-def test_weight_out_of_range(server: AdminServer, weight: str) -> None:
-    """A weight outside 0 < F < 1 comes back from the API as one line naming the weight."""
-    result = cli(server, "backend", "degrade", "gpu-a", "--weight", weight, "--reason", "r")
+@pytest.mark.parametrize(("option", "factor"), [("--factor", "1.5"), ("--weight", "0")])
+def test_factor_out_of_range(server: AdminServer, option: str, factor: str) -> None:
+    """A factor outside 0 < F < 1 (as --factor or its alias --weight) comes back from the API
+    as one line naming the factor."""
+    result = cli(server, "backend", "degrade", "gpu-a", option, factor, "--reason", "r")
     assert result.returncode == 1
-    assert "'weight'" in one_error_line(result)
+    assert "'factor'" in one_error_line(result)
 
 
 def test_empty_reason_is_refused(server: AdminServer) -> None:

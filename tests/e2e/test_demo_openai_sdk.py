@@ -143,7 +143,7 @@ def test_the_printed_export_line_makes_operator_commands_work(demo: RouterProces
     listed = run_cli("backend", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "mock-a" in listed.stdout
-    degraded = run_cli("backend", "degrade", "mock-b", "--weight", "0.5", "--reason", "t", env=env)
+    degraded = run_cli("backend", "degrade", "mock-b", "--factor", "0.5", "--reason", "t", env=env)
     assert degraded.returncode == 0, degraded.stderr
     overrides = run_cli("override", "list", env=env)
     assert "demo-operator" in overrides.stdout, overrides.stdout

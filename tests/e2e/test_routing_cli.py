@@ -160,10 +160,10 @@ async def shares(router: RouterProcess, mocks: dict[str, str], n: int = 300) -> 
 async def test_degrade_shifts_share_and_ttl_lapses(
     router: RouterProcess, mocks: dict[str, str]
 ) -> None:
-    """degrade --weight 0.25 cuts b1 to its expected share (±0.06); the TTL restores it."""
+    """degrade --factor 0.25 cuts b1 to its expected share (±0.06); the TTL restores it."""
     even = await shares(router, mocks)
     assert abs(even["b1"] - 1 / 3) < 0.08
-    args = ("backend", "degrade", "b1", "--weight", "0.25", "--reason", "e2e", "--ttl", "20s")
+    args = ("backend", "degrade", "b1", "--factor", "0.25", "--reason", "e2e", "--ttl", "20s")
     out = await asyncio.to_thread(cli, router, *args)
     assert "b1" in out
     listed = msgspec.json.decode(await asyncio.to_thread(cli, router, "backend", "list", "--json"))

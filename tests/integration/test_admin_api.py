@@ -179,8 +179,10 @@ DEGRADE = "/v1/admin/backends/gpu-a/degrade"
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"reason": "x"}, "weight"),
+        ({"reason": "x"}, "factor"),
         ({"weight": 0.5}, "reason"),
+        ({"factor": 0, "reason": "x"}, "factor"),
+        ({"factor": 1, "reason": "x"}, "factor"),
         ({"weight": 0.5, "reason": ""}, "reason"),
         ({"weight": 0.5, "reason": "   "}, "reason"),
         ({"weight": 0.5, "reason": 7}, "reason"),
@@ -337,7 +339,7 @@ def test_backends_shape(server: AdminServer) -> None:
 
 def test_degrade_drain_restore_shapes(server: AdminServer) -> None:
     """Degrade and drain return the created override; restore returns what it removed."""
-    status, made = call(server, "POST", DEGRADE, {"weight": 0.5, **REASON, "ttl_s": None})
+    status, made = call(server, "POST", DEGRADE, {"factor": 0.5, **REASON, "ttl_s": None})
     assert (status, made) == (200, override(id="ov-2"))
     assert server.control.calls[-1] == ("degrade", "gpu-a", "0.5", "incident 42", "oncall", "None")
     status, drained = call(
@@ -349,6 +351,13 @@ def test_degrade_drain_restore_shapes(server: AdminServer) -> None:
     )
     status, removed = call(server, "POST", "/v1/admin/backends/gpu-a/restore", REASON)
     assert (status, removed) == (200, {"removed": [made, drained]})
+
+
+def test_degrade_takes_weight_as_the_factors_older_name(server: AdminServer) -> None:
+    """`weight` alone still sets the factor, as clients written before `factor` send it."""
+    status, _ = call(server, "POST", DEGRADE, {"weight": 0.25, **REASON})
+    assert status == 200
+    assert server.control.calls[-1][:3] == ("degrade", "gpu-a", "0.25")
 
 
 def test_overrides_pin_and_clear_shapes(server: AdminServer) -> None:
