@@ -115,6 +115,31 @@ class AdminClient:
         token = os.environ.get(TOKEN_ENV)
         return cls(url or os.environ.get(URL_ENV) or DEFAULT_URL, token, timeout_s)
 
+    @property
+    def has_token(self) -> bool:
+        return bool(self._token)
+
+    def status(self, path: str) -> tuple[int, dict[str, Any]]:
+        """A status route's HTTP status and JSON body (readyz answers 503 with a body)."""
+        req = urllib.request.Request(self.url + path, method="GET")  # noqa: S310 - scheme checked in __init__
+        req.add_header("accept", "application/json")
+        try:
+            with self._opener.open(req, timeout=self._timeout_s) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                status, raw = exc.code, exc.read()
+        except urllib.error.URLError as exc:
+            message = connection_error_message(self.url, exc.reason, self._timeout_s)
+            raise AdminError(message) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise AdminError(connection_error_message(self.url, exc, self._timeout_s)) from None
+        try:
+            body = msgspec.json.decode(raw, type=dict[str, Any])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise AdminError(f"{self.url}{path} answered HTTP {status} without JSON") from None
+        return status, body
+
     def backends(self) -> list[BackendInfo]:
         return self._call("GET", "/v1/admin/backends", None, _Backends).data
 

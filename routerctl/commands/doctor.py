@@ -1,4 +1,5 @@
-"""`routerctl doctor`: check a config against the services it names; a table or JSON."""
+"""`routerctl doctor`: check a config against the services it names, or a running router
+through its status and admin API (`--url`); a table or JSON."""
 
 from __future__ import annotations
 
@@ -38,18 +39,31 @@ def doctor(
         float,
         typer.Option("--timeout", min=0.1, max=60.0, help="Seconds each check may wait."),
     ] = 3.0,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="ROUTERCTL_URL",
+            help="Check this running router (readiness, backends, outbox) instead of a config.",
+        ),
+    ] = None,
 ) -> None:
     """Check config, Redis, Kafka, etcd, backends, state dir, disk, outbox, clock and
     listeners: pass / warn / fail with the fix for each; exit 1 on any fail."""
+    if config is None and url is not None:
+        from routerctl.commands.doctor_live import check_running  # noqa: PLC0415
+
+        _report(check_running(url, timeout), as_json)
+        return
     if config is None:
-        fail("pass --config FILE (or set ROUTERCTL_CONFIG)", code=2)
+        fail("pass --config FILE or --url URL (or set ROUTERCTL_CONFIG or ROUTERCTL_URL)", code=2)
     try:
         text = config.read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"{config}: cannot read: {exc.strerror}", code=2)
     except UnicodeDecodeError:
         fail(f"{config}: cannot read: not UTF-8 text", code=2)
-    from appliance.doctor import any_failed, load_target, run_doctor  # noqa: PLC0415
+    from appliance.doctor import load_target, run_doctor  # noqa: PLC0415
 
     try:
         target = load_target(text, str(config), os.environ)
@@ -61,6 +75,12 @@ def doctor(
         results = asyncio.run(run_doctor(target, timeout))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+    _report(results, as_json)
+
+
+def _report(results: Sequence[CheckResult], as_json: bool) -> None:
+    from appliance.doctor import any_failed  # noqa: PLC0415
+
     if as_json:
         print_json(msgspec.to_builtins(results))
     else:

@@ -147,4 +147,39 @@ def test_the_printed_export_line_makes_operator_commands_work(demo: RouterProces
     assert degraded.returncode == 0, degraded.stderr
     overrides = run_cli("override", "list", env=env)
     assert "demo-operator" in overrides.stdout, overrides.stdout
-    run_cli("backend", "restore", "mock-b", env=env)
+    restored = run_cli("backend", "restore", "mock-b", "--reason", "done", env=env)
+    assert restored.returncode == 0, restored.stderr
+
+
+def test_doctor_checks_the_running_demo(demo: RouterProcess) -> None:
+    """`routerctl doctor` with the demo's export line checks the live router: it is up and
+    ready, its backends and outbox are fine (exit 0); a degrade shows as a warning; without a
+    token it says what it could not check; `--url` at nothing fails with one row, exit 1."""
+    match = re.search(r"export (ROUTERCTL_URL=\S+) (ROUTERCTL_TOKEN=\S+)", demo.output())
+    assert match is not None
+    env = dict(pair.split("=", 1) for pair in match.groups())
+    done = run_cli("doctor", "--json", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {(r["check"], r["target"]): r for r in msgspec.json.decode(done.stdout)}
+    assert rows[("router", demo.url)]["status"] == "pass"
+    assert rows[("ready", "usage_buffer")]["status"] == "pass"
+    assert rows[("ready", "redis")]["status"] == "skip"
+    assert {rows[("backend", b)]["status"] for b in ("mock-a", "mock-b")} == {"pass"}
+    assert [r["status"] for (check, _), r in rows.items() if check == "outbox"] == ["pass"]
+
+    run_cli("backend", "degrade", "mock-a", "--factor", "0.5", "--reason", "drill", env=env)
+    try:
+        warned = run_cli("doctor", "--json", env=env)
+        row = next(r for r in msgspec.json.decode(warned.stdout) if r["target"] == "mock-a")
+        assert (warned.returncode, row["status"]) == (0, "warn")
+        assert "drill" in row["detail"]
+    finally:
+        run_cli("backend", "restore", "mock-a", "--reason", "done", env=env)
+
+    no_token = run_cli("doctor", "--url", demo.url, env={"ROUTERCTL_TOKEN": ""})
+    assert no_token.returncode == 0
+    assert "backends and the outbox were not checked" in no_token.stdout
+
+    nothing = run_cli("doctor", "--url", f"http://127.0.0.1:{free_port()}")
+    assert nothing.returncode == 1
+    assert "cannot reach router" in nothing.stdout
