@@ -46,12 +46,28 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
+        if error.code == 404:
+            return render(NotFound(_not_served(request.method, request.path)))
         cls = _BY_STATUS.get(error.code or 500, InternalError)
         return render(cls())
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
         return render(catalog_error(error, request_context(request.scope).request_id))
+
+
+SERVED = (
+    "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, "
+    "GET /v1/models/{model}, GET /v1/usage/{id}"
+)
+
+
+def _not_served(method: str, path: str) -> str:
+    """The 404 message: the request's own method and path (bounded), and what is served."""
+    shown = path if len(path) <= 200 else path[:200] + "…"
+    if path.startswith("/v1/") and not path.startswith(("/v1/admin/", "/v1/status/")):
+        return f"This router does not serve {method} {shown}. It serves {SERVED}."
+    return f"No such route: {method} {shown}."
 
 
 def catalog_error(error: Exception, request_id: str) -> RouterError:

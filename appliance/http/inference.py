@@ -100,19 +100,31 @@ def inference_blueprint(get_runtime: Callable[[], Runtime]) -> Blueprint:
             endpoint.route, endpoint.value, view_func=served_by_fast_path, methods=["POST"]
         )
 
-    @bp.get("/v1/models")
-    async def models() -> Response:
+    def visible() -> list[str]:
         runtime = get_runtime()
         principal = runtime.keyring.resolve(request.headers.get("authorization"))
         request_context(request.scope).org = principal.org_id
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "routerctl"}
-            for name in runtime.routes.names()
-            if principal.may_use(name)
-        ]
+        return [name for name in runtime.routes.names() if principal.may_use(name)]
+
+    @bp.get("/v1/models")
+    async def models() -> Response:
+        data = [_model(name) for name in visible()]
         return Response(msgspec.json.encode({"object": "list", "data": data}), content_type=_JSON)
 
+    @bp.get("/v1/models/<path:model_id>")  # path: model names may hold "/" (org/model)
+    async def model(model_id: str) -> Response:
+        if model_id not in visible():  # unknown and forbidden answer alike
+            raise ModelNotFound(
+                f"The model '{model_id[:200]}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        return Response(msgspec.json.encode(_model(model_id)), content_type=_JSON)
+
     return bp
+
+
+def _model(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "routerctl"}
 
 
 def _hooks(context: RequestContext) -> RequestHooks:

@@ -31,7 +31,11 @@ KNOWN_ROUTES = frozenset(
 # Clients may send any method token; unknown ones share one label value.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Paths with an id in them count under their template, never under the id.
-_TEMPLATES = (("/v1/usage/", "/v1/usage/{request_id}"), ("/v1/admin/", "/v1/admin/other"))
+_TEMPLATES = (
+    ("/v1/usage/", "/v1/usage/{request_id}"),
+    ("/v1/models/", "/v1/models/{model}"),
+    ("/v1/admin/", "/v1/admin/other"),
+)
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip

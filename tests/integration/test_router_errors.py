@@ -106,9 +106,19 @@ async def test_bad_bodies_are_400_with_param(
 
 
 async def test_unknown_route_and_wrong_method(router: RouterUnderTest) -> None:
-    """Unknown paths are 404 and wrong methods 405, in OpenAI's shape."""
+    """Unknown paths are 404 naming the method and path (an OpenAI endpoint this router does
+    not offer says what it does serve), and wrong methods 405, in OpenAI's shape."""
     async with router.session.get(f"{router.url}/v1/nope", headers=router.auth) as response:
-        await expect_error(response, 404, "not_found")
+        error = await expect_error(response, 404, "not_found")
+    assert "does not serve GET /v1/nope" in str(error["message"])
+    responses = f"{router.url}/v1/responses"
+    async with router.session.post(responses, json={}, headers=router.auth) as response:
+        error = await expect_error(response, 404, "not_found")
+    assert "does not serve POST /v1/responses. It serves POST /v1/chat" in str(error["message"])
+    async with router.session.get(f"{router.url}/x" * 100, headers=router.auth) as response:
+        error = await expect_error(response, 404, "not_found")
+    assert str(error["message"]).startswith("No such route: GET /x")
+    assert len(str(error["message"])) < 260  # the path is cut, not echoed whole
     async with router.session.get(
         f"{router.url}/v1/chat/completions", headers=router.auth
     ) as response:

@@ -104,6 +104,27 @@ async def test_models_lists_only_what_the_key_may_use() -> None:
             assert [m["id"] for m in (await response.json())["data"]] == ["chat"]
 
 
+async def test_one_model_is_found_by_name_only_if_the_key_may_use_it() -> None:
+    """GET /v1/models/{id}: the model object for an allowed name; 404 model_not_found alike
+    for an unknown name and one the key may not use."""
+    async with running_router() as router:
+        url = f"{router.url}/v1/models"
+        async with router.session.get(f"{url}/chat", headers=router.auth) as response:
+            assert response.status == 200
+            assert await response.json() == {
+                "id": "chat", "object": "model", "created": 0, "owned_by": "routerctl",
+            }  # fmt: skip
+        restricted = {"Authorization": f"Bearer {RESTRICTED_KEY}"}
+        for name, headers in (("other", restricted), ("no/such-model", router.auth)):
+            async with router.session.get(f"{url}/{name}", headers=headers) as response:
+                assert response.status == 404
+                error = (await response.json())["error"]
+                assert error["code"] == "model_not_found"
+                assert f"'{name}'" in error["message"]
+        async with router.session.get(f"{url}/chat") as response:
+            assert response.status == 401
+
+
 async def test_request_id_kept_when_sane_and_replaced_when_not() -> None:
     """A sane client x-request-id is kept; an unsafe one is replaced by a generated id."""
     async with running_router() as router:
