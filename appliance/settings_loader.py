@@ -1,12 +1,14 @@
 """Load a TOML file into `Settings`, reporting every problem as `file:line: key: reason`.
 
 msgspec stops at the first error, so the document is walked field by field against the
-schema first: one bad key does not hide the next. Lines come from the TOML parser for
-syntax errors and from a scan of the text for schema errors.
+schema first: one bad key does not hide the next. The keys found bad are then set aside and
+the cross-references checked on the rest, so one run reports every problem, sorted by line.
+Lines come from the TOML parser for syntax errors and from a scan of the text otherwise.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -18,6 +20,7 @@ from typing import Any, get_args, get_origin
 import msgspec
 
 from appliance.settings import Problem, Settings, semantic_problems
+from appliance.settings_messages import readable, unknown_key
 
 KeyPath = tuple[str | int, ...]
 
@@ -62,30 +65,64 @@ def load_file(path: str | Path, environ: Mapping[str, str] | None = None) -> Loa
 def load_text(
     text: str, source: str = "<config>", environ: Mapping[str, str] | None = None
 ) -> LoadedConfig:
-    settings = parse_settings(text, source)
-    env = os.environ if environ is None else environ
-    credentials, missing = resolve_credentials(settings, env)
-    if missing:
-        lines = _LineIndex(text)
-        raise ConfigError([_render(source, lines, p) for p in missing])
+    settings, problems = _checked(text, source)
+    credentials: dict[str, BackendCredentials] = {}
+    if settings is not None:
+        env = os.environ if environ is None else environ
+        credentials, missing = resolve_credentials(settings, env)
+        problems += missing
+    if problems or settings is None:
+        raise _error(text, source, problems)
     return LoadedConfig(settings=settings, credentials=credentials, source=source)
 
 
 def parse_settings(text: str, source: str = "<config>") -> Settings:
     """Schema and cross-reference validation only (no environment)."""
+    settings, problems = _checked(text, source)
+    if problems or settings is None:
+        raise _error(text, source, problems)
+    return settings
+
+
+def _checked(text: str, source: str) -> tuple[Settings | None, list[Problem]]:
+    """The settings (None if a required key is missing) and every schema and
+    cross-reference problem; ConfigError at once for a TOML syntax error."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_render_syntax(source, exc)]) from None
-    lines = _LineIndex(text)
     problems = schema_problems(document, Settings, ())
-    if problems:
-        raise ConfigError([_render(source, lines, p) for p in problems])
-    settings = msgspec.convert(document, Settings)
-    problems = semantic_problems(settings)
-    if problems:
-        raise ConfigError([_render(source, lines, p) for p in problems])
-    return settings
+    try:
+        settings = msgspec.convert(_without(document, problems), Settings)
+    except msgspec.ValidationError:  # a required key is missing: nothing to cross-check
+        return None, problems
+    return settings, problems + semantic_problems(settings)
+
+
+def _error(text: str, source: str, problems: list[Problem]) -> ConfigError:
+    lines = _LineIndex(text)
+    ordered = sorted(problems, key=lambda p: lines.find(p[0]) or 0)  # stable: ties keep order
+    return ConfigError([_render(source, lines, p) for p in ordered])
+
+
+def _without(document: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    """A copy of `document` with each key a problem names removed (its default applies), so
+    the cross-references can be checked on what is left. A missing key removes nothing."""
+    pruned: dict[str, Any] = copy.deepcopy(document)
+    for path, _ in problems:
+        node: Any = pruned
+        holder: tuple[dict[str, Any], str] | None = None
+        for part in path:
+            if isinstance(node, dict) and isinstance(part, str) and part in node:
+                holder, node = (node, part), node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                holder = None  # the path does not exist as a whole: leave it
+                break
+        if holder is not None:
+            del holder[0][holder[1]]
+    return pruned
 
 
 def resolve_credentials(
@@ -131,7 +168,8 @@ def schema_problems(value: Any, typ: Any, path: KeyPath) -> list[Problem]:
     try:
         msgspec.convert(value, typ)
     except msgspec.ValidationError as exc:
-        return [_from_validation(path, str(exc))]
+        where, reason = _from_validation(path, str(exc))
+        return [(where, readable(reason, typ))]
     return []
 
 
@@ -140,9 +178,7 @@ def _struct_problems(value: Any, typ: type[msgspec.Struct], path: KeyPath) -> li
         return [(path, f"expected a table, got {_kind(value)}")]
     fields = {f.encode_name: f for f in msgspec.structs.fields(typ)}
     problems: list[Problem] = [
-        ((*path, key), f"unknown key (known keys: {', '.join(sorted(fields))})")
-        for key in value
-        if key not in fields
+        ((*path, key), unknown_key(key, fields)) for key in value if key not in fields
     ]
     for name, info in fields.items():
         if name in value:
