@@ -26,6 +26,7 @@ COMMANDS: Final[Mapping[str, str]] = {
     "audit": "routerctl.commands.audit:app",
     "buffer": "routerctl.commands.buffer:app",
     "doctor": "routerctl.commands.doctor:doctor",
+    "top": "routerctl.commands.top:top",
     "dev": "routerctl.commands.dev:app",
 }
 

@@ -26,6 +26,7 @@ class RequestContext:
     org: str | None = None
     key_id: str | None = None
     model: str | None = None
+    model_known: bool = False  # `model` is a configured one the key may use: a bounded label
     backend: str | None = None
     stream: bool = False
     body: bytes = b""  # the request body, read and bounded by EdgeMiddleware

@@ -171,8 +171,10 @@ class EdgeMiddleware:
         )
         if context.first_byte_perf is not None:
             context.ttft_s = context.first_byte_perf - started
-        if context.attempts and context.model is not None:
-            _observe_forwarded(self._metrics, context, context.model, started)
+        if context.model_known and context.model is not None:
+            self._metrics.observe_model(context.org or "", context.model, context.status or 499)
+            if context.attempts:
+                _observe_forwarded(self._metrics, context, context.model, started)
         self._access_log(context)
         if context.trace is not None:
             context.trace.finish()

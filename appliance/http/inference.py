@@ -70,6 +70,7 @@ class InferenceHandler:
                 f"The model '{parsed.model}' does not exist or you do not have access to it.",
                 param="model",
             )
+        context.model_known = True
         completion = parsed.max_tokens or runtime.settings.limits.default_max_tokens
         estimate = estimate_tokens(parsed.payload, parsed.max_tokens, completion)
         context.estimate_prompt, context.estimate_completion = estimate - completion, completion

@@ -68,6 +68,10 @@ class Children(Generic[_M]):
         return child
 
 
+def _status_class(status: int) -> str:
+    return "429" if status == 429 else f"{status // 100}xx"
+
+
 def route_label(path: str) -> str:
     """The bounded `route` label of a request path."""
     if path in KNOWN_ROUTES:
@@ -114,6 +118,15 @@ class Metrics:
                 registry=self.registry,
             )
         )
+        self._by_model = Children(
+            Counter(
+                "router_model_requests_total",
+                "Inference requests for a configured model, by org, model and status class "
+                "(2xx, 429, 4xx, 5xx).",
+                ["org", "model", "status"],
+                registry=self.registry,
+            )
+        )
         self._overhead = Histogram(
             "router_overhead_seconds",
             "Time spent in the router, backend time excluded (streams: up to the first byte).",
@@ -136,6 +149,10 @@ class Metrics:
         route = route_label(path)
         self._requests(route, method if method in _METHODS else "other", str(status)).inc()
         self._latency(route).observe(seconds)
+
+    def observe_model(self, org: str, model: str, status: int) -> None:
+        """An inference request for a configured model ended (each once)."""
+        self._by_model(org, model, _status_class(status)).inc()
 
     def observe_forwarded(
         self, model: str, overhead_s: float | None, first_token_s: float | None
