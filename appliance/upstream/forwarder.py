@@ -26,6 +26,7 @@ from appliance.routing.selection import ModelRoute
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.spans import AttemptSpan, RequestTrace
 from appliance.upstream.client import BackendClient, UpstreamResponse
+from appliance.upstream.model_name import ModelName
 from appliance.upstream.payload import InferenceRequest, render_upstream
 from appliance.upstream.relay import (
     ProgressCallback,
@@ -133,7 +134,12 @@ class Forwarder:
     ) -> tuple[Relayed | None, RouterError | None]:
         """One try on one backend: the relayed answer, or the error to fail over from."""
         backend = decision.target.backend_id
-        body = render_upstream(request, decision.target.upstream_model)
+        upstream_model = decision.target.upstream_model
+        body = render_upstream(request, upstream_model)
+        # The client hears back the model name it asked for, not the backend's.
+        renamed = (
+            None if upstream_model == request.model else ModelName(request.model, upstream_model)
+        )
         span, trace_headers = None, hooks.trace_headers
         if hooks.trace is not None:
             span = hooks.trace.attempt(decision, self._client.address(backend), number)
@@ -154,6 +160,7 @@ class Forwarder:
                     ledger.time_first_chunk(hooks),
                     strip_usage_chunk=not request.include_usage,
                     finish_reasons=span is not None,
+                    rewrite=None if renamed is None else renamed.events,
                 )
                 return relayed, None
             answer = await upstream.read()
@@ -166,6 +173,8 @@ class Forwarder:
             ledger.abandon(None)  # cancelled: the client left; not the backend's fault
             raise
         hooks.on_upstream_time(ledger.settle(ok=True))
+        if renamed is not None:
+            answer = renamed.whole(answer)
         return relay_whole(upstream, answer, usage, ledger.finish_with(hooks.on_done)), None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -77,6 +77,7 @@ def parse_request(endpoint: Endpoint, body: bytes) -> InferenceRequest:
     if options is not None and not stream:
         raise InvalidRequest("'stream_options' needs 'stream': true.", param="stream_options")
     max_tokens = _max_tokens(payload)
+    _check_sampling(payload)
     return InferenceRequest(endpoint, model, stream, include_usage, max_tokens, payload)
 
 
@@ -162,6 +163,54 @@ def _max_tokens(payload: dict[str, Any]) -> int | None:
             raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
         return value
     return None
+
+
+# OpenAI's sampling fields: (what the value must be, its range or None). A wrong type is
+# refused here, as OpenAI refuses it, rather than passed to a backend that may ignore it.
+_NUMBER = (int, float)
+_SAMPLING: tuple[tuple[str, tuple[type, ...], str, tuple[float, float] | None], ...] = (
+    ("temperature", _NUMBER, "a number", (0, 2)),
+    ("top_p", _NUMBER, "a number", (0, 1)),
+    ("presence_penalty", _NUMBER, "a number", (-2, 2)),
+    ("frequency_penalty", _NUMBER, "a number", (-2, 2)),
+    ("n", (int,), "an integer", (1, 128)),
+    ("seed", (int,), "an integer", None),
+    ("logprobs", (bool,), "a boolean", None),
+    ("top_logprobs", (int,), "an integer", (0, 20)),
+    ("user", (str,), "a string", None),
+)
+
+
+def _check_sampling(payload: dict[str, Any]) -> None:
+    for name, types, kind, bounds in _SAMPLING:
+        value = payload.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            got = _json_kind(value)
+            raise InvalidRequest(
+                f"Invalid type for '{name}': expected {kind}, but got {got} instead.", param=name
+            )
+        if bounds is not None and not bounds[0] <= cast(float, value) <= bounds[1]:
+            raise InvalidRequest(
+                f"'{name}' must be between {bounds[0]:g} and {bounds[1]:g}; got {value}.",
+                param=name,
+            )
+    stop = payload.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise InvalidRequest(
+            "Invalid type for 'stop': expected a string or an array of strings.", param="stop"
+        )
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", dict: "an object", list: "an array", int: "an integer"}.get(
+        type(value), "a number"
+    )
 
 
 def _optional(payload: dict[str, Any], name: str, kind: type) -> Any:

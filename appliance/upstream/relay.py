@@ -1,4 +1,5 @@
-"""Relay a backend's answer to the client unchanged: whole JSON, or SSE chunk by chunk.
+"""Relay a backend's answer to the client unchanged: whole JSON, or SSE chunk by chunk
+(only `model` is said as the client asked, where the route renames it: upstream/model_name).
 
 A stream's first event is read before the client is answered, so a backend that fails before
 it is failed over. A stream that breaks after that cannot become an HTTP error any more, so it
@@ -21,6 +22,8 @@ from appliance.upstream.usage import StreamScanner, Usage
 UsageCallback = Callable[[Usage | None, str], None]
 # Called as a stream passes, with the usage seen so far and how many data events went by.
 ProgressCallback = Callable[[Usage | None, int], None]
+# Rewrites complete events before they go out (the model name the client asked for).
+Rewrite = Callable[[bytes], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,10 @@ async def relay_stream(
     upstream: UpstreamResponse,
     on_done: UsageCallback,
     on_progress: ProgressCallback,
+    *,
     strip_usage_chunk: bool,
     finish_reasons: bool = False,
+    rewrite: Rewrite | None = None,
 ) -> Relayed:
     """The stream, once its first event is in and sound. Until then nothing has reached the
     client, so a failure raises (the forwarder fails over) instead of ending the stream."""
@@ -61,7 +66,7 @@ async def relay_stream(
     return Relayed(
         status=upstream.status,
         content_type=upstream.content_type,
-        stream=_stream(first, upstream, on_done, on_progress, scanner),
+        stream=_stream(first, upstream, on_done, on_progress, scanner, rewrite=rewrite),
     )
 
 
@@ -86,19 +91,21 @@ async def _stream(
     on_done: UsageCallback,
     on_progress: ProgressCallback,
     scanner: StreamScanner,
+    *,
+    rewrite: Rewrite | None,
 ) -> AsyncIterator[bytes]:
     failure: RouterError | None = None
     try:
-        yield first
+        yield first if rewrite is None else rewrite(first)
         while not scanner.broken and (chunk := await upstream.next_chunk()):
             out = scanner.feed(chunk)
             on_progress(scanner.usage, scanner.events)
             if out:
-                yield out
+                yield out if rewrite is None else rewrite(out)
         rest = scanner.finish()
         on_progress(scanner.usage, scanner.events)
         if rest:
-            yield rest
+            yield rest if rewrite is None else rewrite(rest)
         failure = _ending(scanner)
     except RouterError as exc:
         failure = exc

@@ -27,7 +27,8 @@ async def _last_request(router: RouterUnderTest, mock: str = "m0") -> dict[str, 
 
 
 async def test_chat_completion_is_relayed_and_rewritten() -> None:
-    """A chat completion reaches the backend with its model name and key, and returns unchanged."""
+    """A chat completion reaches the backend with its model name and key, and returns as the
+    backend wrote it except that `model` is the name the client asked for."""
     async with running_router() as router:
         response = await router.post("/v1/chat/completions", chat(max_tokens=4))
         assert response.status == 200
@@ -35,7 +36,7 @@ async def test_chat_completion_is_relayed_and_rewritten() -> None:
         body = await response.read()
         answer = msgspec.json.decode(body)
         assert answer["object"] == "chat.completion"
-        assert answer["model"] == "up-m0"  # relayed as the backend wrote it
+        assert answer["model"] == "chat"  # what the client asked for, not the backend's name
         assert answer["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
         seen = await _last_request(router)
         headers = {k.lower(): v for k, v in seen["headers"].items()}  # type: ignore[attr-defined]
@@ -45,6 +46,19 @@ async def test_chat_completion_is_relayed_and_rewritten() -> None:
         assert headers["x-request-id"] == response.headers["x-request-id"]
         assert seen["body"]["model"] == "up-m0"  # type: ignore[index]
         assert seen["body"]["messages"] == chat()["messages"]  # type: ignore[index]
+
+
+async def test_a_stream_names_the_model_the_client_asked_for() -> None:
+    """Every event of a stream says `model: chat`, though the backend says `up-m0`; the
+    rest of each event is the backend's."""
+    async with running_router() as router:
+        response = await router.post("/v1/chat/completions", {**chat(), "stream": True})
+        assert response.status == 200
+        text = (await response.read()).decode()
+    events = [e.removeprefix("data: ") for e in text.split("\n\n") if e.startswith("data: {")]
+    assert len(events) >= 3
+    assert {msgspec.json.decode(e)["model"] for e in events} == {"chat"}
+    assert "up-m0" not in text
 
 
 async def test_completions_and_embeddings() -> None:

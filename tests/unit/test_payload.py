@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 
@@ -87,3 +89,44 @@ def test_render_rewrites_only_model() -> None:
         "temperature": 0.5,
     }
     assert msgspec.json.decode(render_upstream(parsed, "m"))["model"] == "m"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        (
+            "temperature",
+            "hot",
+            "Invalid type for 'temperature': expected a number, but got a string",
+        ),
+        ("temperature", 2.5, "'temperature' must be between 0 and 2; got 2.5."),
+        ("top_p", -0.1, "'top_p' must be between 0 and 1"),
+        ("n", True, "expected an integer, but got a boolean"),
+        ("n", 0, "'n' must be between 1 and 128"),
+        ("presence_penalty", [1], "expected a number, but got an array"),
+        ("logprobs", "yes", "expected a boolean, but got a string"),
+        ("user", 42, "expected a string, but got an integer"),
+        ("stop", ["a", 1], "Invalid type for 'stop'"),
+    ],
+)
+def test_sampling_fields_of_the_wrong_type_or_range_are_400(
+    field: str, value: object, says: str
+) -> None:
+    """OpenAI's sampling fields are checked as OpenAI checks them, naming the field."""
+    with pytest.raises(InvalidRequest, match=re.escape(says)) as caught:
+        parse_request(
+            CHAT, body(model="m", messages=[{"role": "user", "content": "hi"}], **{field: value})
+        )
+    assert caught.value.param == field
+
+
+def test_sampling_fields_in_range_pass() -> None:
+    """Ordinary values, ints for numbers included, go through untouched."""
+    request = parse_request(
+        CHAT,
+        body(
+            model="m", messages=[{"role": "user", "content": "hi"}], temperature=1, top_p=0.9,
+            n=2, stop=["\n"], seed=7, logprobs=True, top_logprobs=3, user="u-1",
+        ),
+    )  # fmt: skip
+    assert request.payload["temperature"] == 1

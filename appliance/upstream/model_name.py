@@ -1,0 +1,52 @@
+"""The answer says the model the client asked for, not the backend's name for it (pure).
+
+A route may send model `chat` to a backend that calls it `llama-3-70b`; the client must see
+`chat` back, as from any OpenAI-compatible endpoint (the usage record keeps the upstream
+name). Only the top-level `model` field of a JSON answer or of each SSE data event changes;
+every other value passes through as the backend wrote it (msgspec.Raw), key order kept.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_encoder = msgspec.json.Encoder()
+_DATA = b"data:"
+
+
+class ModelName:
+    """Rewrites `model` to `asked` in answers of a backend that names it `upstream`."""
+
+    __slots__ = ("_asked", "_upstream")
+
+    def __init__(self, asked: str, upstream: str) -> None:
+        self._asked = msgspec.Raw(_encoder.encode(asked))
+        self._upstream = upstream.encode()
+
+    def whole(self, body: bytes) -> bytes:
+        """A JSON answer with its `model` said as asked; anything else unchanged."""
+        if self._upstream not in body:
+            return body  # no mention of the upstream name: nothing to say differently
+        try:
+            fields = _decoder.decode(body)
+        except msgspec.DecodeError:
+            return body  # not a JSON object (the verdict let it through): leave it
+        if "model" not in fields:
+            return body
+        fields["model"] = self._asked
+        return _encoder.encode(fields)
+
+    def events(self, chunk: bytes) -> bytes:
+        """Complete SSE events (as the stream scanner forwards them), each data event's
+        `model` said as asked; comments, `[DONE]` and multi-line data pass unchanged."""
+        if self._upstream not in chunk:
+            return chunk
+        events = chunk.split(b"\n\n")
+        for i, event in enumerate(events):
+            if event.startswith(_DATA) and b"\n" not in event and self._upstream in event:
+                payload = event[len(_DATA) :]
+                renamed = self.whole(payload.lstrip())
+                if renamed is not payload.lstrip():
+                    events[i] = b"data: " + renamed
+        return b"\n\n".join(events)
