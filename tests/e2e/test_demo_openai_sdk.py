@@ -147,6 +147,9 @@ def test_the_printed_export_line_makes_operator_commands_work(demo: RouterProces
     assert degraded.returncode == 0, degraded.stderr
     overrides = run_cli("override", "list", env=env)
     assert "demo-operator" in overrides.stdout, overrides.stdout
+    audited = run_cli("audit", "lookup", "--kind", "backend.degrade", env=env)
+    assert audited.returncode == 0, audited.stderr
+    assert "mock-b" in audited.stdout
     restored = run_cli("backend", "restore", "mock-b", "--reason", "done", env=env)
     assert restored.returncode == 0, restored.stderr
 
