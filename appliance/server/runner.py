@@ -108,7 +108,7 @@ async def serve(
 def _slot(role: WorkerRole | None) -> WorkerSlot | None:
     if role is None:
         return None
-    return WorkerSlot(role.index, role.count, role.started, role.reload_all)
+    return WorkerSlot(role.index, role.started, role.reload_all)
 
 
 def _reload_on_signal(service: ConfigService, tasks: set[asyncio.Task[None]]) -> None:

@@ -79,13 +79,13 @@ class Supervisor:
         self._sock = sock
         self._rundir = rundir
         self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._ready: set[int] = set()  # workers that reported their start (serving unless exited)
         self._texts: dict[int, str] = {}  # each worker's last scrape
         self._retired = ""  # the counters of workers that died, so totals never go down
         self._stop = asyncio.Event()
         self._registry = CollectorRegistry()
-        self._serving = Gauge(
-            "router_workers", "Worker processes serving.", registry=self._registry
-        )
+        serving = Gauge("router_workers", "Worker processes serving.", registry=self._registry)
+        serving.set_function(lambda: sum(self._procs[i].returncode is None for i in self._ready))
         self._restarts = Counter(
             "router_worker_restarts",
             "Workers the supervisor restarted after they exited on their own.",
@@ -123,7 +123,7 @@ class Supervisor:
             count=self._server.workers,
             listen_fd=self._sock.fileno(),
             ready_fd=ready_w,
-            metrics_path=str(self._rundir / f"worker-{index}.sock"),
+            metrics_path=self._socket(index),
             supervisor_pid=os.getpid(),
         )
         try:
@@ -135,6 +135,7 @@ class Supervisor:
         finally:
             os.close(ready_w)
         self._procs[index] = proc
+        self._ready.discard(index)
         try:
             ready = await asyncio.to_thread(os.read, ready_r, 1)  # b"" = exited first
         finally:
@@ -143,7 +144,7 @@ class Supervisor:
             code = await proc.wait()
             _log.error("worker_start_failed", worker=index, exit_code=code)
             return False
-        self._serving.set(sum(p.returncode is None for p in self._procs.values()))
+        self._ready.add(index)
         return True
 
     async def _watch(self) -> None:
@@ -158,7 +159,6 @@ class Supervisor:
             for index in [exits[t] for t in done if t in exits]:
                 if self._stop.is_set():
                     break
-                self._serving.set(sum(p.returncode is None for p in self._procs.values()))
                 self._retire(index)
                 code = self._procs[index].returncode
                 _log.error(
@@ -197,6 +197,10 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(sig)
 
+    def _socket(self, index: int) -> str:
+        """Where worker `index` serves its own metrics for the merge."""
+        return str(self._rundir / f"worker-{index}.sock")
+
     def _retire(self, index: int) -> None:
         last = self._texts.pop(index, None)
         if last is not None:
@@ -207,7 +211,7 @@ class Supervisor:
         """The workers' metrics merged (counters summed: see telemetry/metrics_merge)."""
 
         async def scrape(index: int) -> None:
-            path = str(self._rundir / f"worker-{index}.sock")
+            path = self._socket(index)
             timeout = aiohttp.ClientTimeout(total=_SCRAPE_TIMEOUT_S)
             try:
                 async with (

@@ -45,8 +45,8 @@ class ModelName:
         events = chunk.split(b"\n\n")
         for i, event in enumerate(events):
             if event.startswith(_DATA) and b"\n" not in event and self._upstream in event:
-                payload = event[len(_DATA) :]
-                renamed = self.whole(payload.lstrip())
-                if renamed is not payload.lstrip():
+                payload = event[len(_DATA) :].lstrip()
+                renamed = self.whole(payload)
+                if renamed is not payload:
                     events[i] = b"data: " + renamed
         return b"\n\n".join(events)

@@ -115,14 +115,16 @@ def worker_pids(supervisor: int) -> list[int]:
     return [int(pid) for pid in children.split()]
 
 
-async def effective_weights(url: str, n: int) -> Counter[float]:
+async def backend_field(url: str, n: int, field: str) -> Counter[float]:
+    """The mock backend's `field` in /v1/admin/backends as `n` fresh connections (either
+    worker) see it."""
     connector = aiohttp.TCPConnector(force_close=True)
     headers = {"Authorization": f"Bearer {ADMIN}"}
     seen: Counter[float] = Counter()
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         for _ in range(n):
             async with session.get(f"{url}/v1/admin/backends") as r:
-                seen[(await r.json())["data"][0]["effective_weight"]] += 1
+                seen[(await r.json())["data"][0][field]] += 1
     return seen
 
 
@@ -175,7 +177,7 @@ rpm = {RPM}
             async with session.post(url, json=degrade, headers=headers) as r:
                 assert r.status == 200
         await asyncio.sleep(1.0)
-        assert await effective_weights(router.url, 12) == Counter({0.5: 12})
+        assert await backend_field(router.url, 12, "effective_weight") == Counter({0.5: 12})
         assert router.terminate() == 0
 
 
@@ -243,18 +245,6 @@ def test_a_busy_port_is_one_line_and_exit_1(mock_url: str, tmp_path: Path) -> No
     )
 
 
-async def backend_weights(url: str, n: int) -> Counter[float]:
-    """The mock backend's configured weight as `n` fresh connections (either worker) see it."""
-    connector = aiohttp.TCPConnector(force_close=True)
-    headers = {"Authorization": f"Bearer {ADMIN}"}
-    seen: Counter[float] = Counter()
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        for _ in range(n):
-            async with session.get(f"{url}/v1/admin/backends") as r:
-                seen[(await r.json())["data"][0]["weight"]] += 1
-    return seen
-
-
 async def test_a_reload_through_either_path_reaches_every_worker(
     mock_url: str, tmp_path: Path
 ) -> None:
@@ -271,16 +261,16 @@ async def test_a_reload_through_either_path_reaches_every_worker(
             async with session.post(reload, headers=headers) as r:
                 assert r.status == 200
         for _ in range(40):  # the other worker reloads on the supervisor's SIGHUP
-            if await backend_weights(router.url, 8) == Counter({2.0: 8}):
+            if await backend_field(router.url, 8, "weight") == Counter({2.0: 8}):
                 break
             await asyncio.sleep(0.1)
-        assert await backend_weights(router.url, 12) == Counter({2.0: 12})
+        assert await backend_field(router.url, 12, "weight") == Counter({2.0: 12})
 
         path.write_text(path.read_text().replace("weight = 2.0", "weight = 3.0"))
         router.process.send_signal(signal.SIGHUP)
         for _ in range(40):
-            if await backend_weights(router.url, 8) == Counter({3.0: 8}):
+            if await backend_field(router.url, 8, "weight") == Counter({3.0: 8}):
                 break
             await asyncio.sleep(0.1)
-        assert await backend_weights(router.url, 12) == Counter({3.0: 12})
+        assert await backend_field(router.url, 12, "weight") == Counter({3.0: 12})
         assert router.terminate() == 0
