@@ -57,8 +57,8 @@ def install_error_handlers(app: Quart) -> None:
 
 
 SERVED = (
-    "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, "
-    "GET /v1/models/{model}, GET /v1/usage/{id}"
+    "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, POST /v1/responses, "
+    "GET /v1/models, GET /v1/models/{model}, GET /v1/usage/{id}"
 )
 
 

@@ -1,6 +1,7 @@
 """The inference routes over plain ASGI, in front of Quart.
 
-POST /v1/chat/completions, /v1/completions and /v1/embeddings are nearly all of the traffic.
+POST /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/responses are nearly all
+of the traffic.
 Served here they skip Quart's per-request work (Request and Response objects, app and request
 contexts, two tasks per request); the answer is `InferenceHandler`'s, the same Quart's routes
 give. Everything else, other methods on these paths included, goes to Quart unchanged.

@@ -19,7 +19,7 @@ from appliance.limits.policy import estimate_tokens
 from appliance.routing.engine import Decision
 from appliance.runtime import Runtime
 from appliance.upstream.forwarder import Forwarder, RequestHooks
-from appliance.upstream.payload import Endpoint, parse_request
+from appliance.upstream.payload import PROMPT_FIELDS, Endpoint, parse_request
 from appliance.upstream.usage import Usage
 
 _JSON = "application/json"
@@ -69,7 +69,9 @@ class InferenceHandler:
             raise _no_such_model(parsed.model)
         context.model_known = True
         completion = parsed.max_tokens or runtime.settings.limits.default_max_tokens
-        estimate = estimate_tokens(parsed.payload, parsed.max_tokens, completion)
+        estimate = estimate_tokens(
+            parsed.payload, parsed.max_tokens, completion, PROMPT_FIELDS[endpoint]
+        )
         context.estimate_prompt, context.estimate_completion = estimate - completion, completion
         limiter = self._limiter
         permit = await _admit(limiter, principal, estimate, context)

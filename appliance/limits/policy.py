@@ -100,10 +100,16 @@ def oversized(limits: tuple[Limit, ...], estimate_tokens: int) -> Limit | None:
     return None
 
 
-def estimate_tokens(payload: dict[str, Any], max_tokens: int | None, default_max: int) -> int:
-    """Prompt estimate (characters / 4) plus the completion the client allows."""
+def estimate_tokens(
+    payload: dict[str, Any],
+    max_tokens: int | None,
+    default_max: int,
+    prompt_fields: tuple[str, ...] = ("messages", "prompt", "input"),
+) -> int:
+    """Prompt estimate (characters / 4 of `prompt_fields`) plus the completion the client
+    allows."""
     chars = 0
-    for name in ("messages", "prompt", "input"):
+    for name in prompt_fields:
         chars += _text_length(payload.get(name))
     return max(1, math.ceil(chars / _CHARS_PER_TOKEN)) + (max_tokens or default_max)
 

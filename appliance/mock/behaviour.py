@@ -29,12 +29,12 @@ MAX_COMPLETION_TOKENS: Final = 4096
 DEFAULT_DIMENSIONS: Final = 8
 MAX_DIMENSIONS: Final = 4096
 
-Kind = Literal["chat", "completion"]
+Kind = Literal["chat", "completion", "responses"]
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What a chat or text completion request will be answered with."""
+    """What a chat, text completion or Responses API request will be answered with."""
 
     kind: Kind
     model: str

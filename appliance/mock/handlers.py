@@ -6,12 +6,12 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 from aiohttp import web
 
-from appliance.mock import shapes
+from appliance.mock import responses, shapes
 from appliance.mock.behaviour import (
     Plan,
     piece,
@@ -76,7 +76,7 @@ def _event(doc: object) -> bytes:
 
 
 class Inference:
-    """POST /v1/chat/completions, /v1/completions and /v1/embeddings."""
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/responses."""
 
     def __init__(self, state: MockState) -> None:
         self._state = state
@@ -88,6 +88,10 @@ class Inference:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/completions."""
         return await self._complete(request, plan_completion, "cmpl")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/responses."""
+        return await self._complete(request, responses.plan_responses, "resp")
 
     async def embeddings(self, _request: web.Request) -> web.StreamResponse:
         """POST /v1/embeddings."""
@@ -111,6 +115,8 @@ class Inference:
         rid, created = self._state.next_id(prefix), int(time.time())
         if plan.stream:
             return await self._stream(request, plan, rid, created)
+        if plan.kind == "responses":
+            return json_response(responses.response(plan, rid, created))
         text = reply_text(plan.completion_tokens)
         return json_response(shapes.completion(plan, rid, created, text))
 
@@ -156,7 +162,12 @@ class Inference:
         self._state.stats.streams_started += 1
         try:
             await response.prepare(request)
-            completed = await self._pump(response, plan, rid, created)
+            events: _Events = (
+                responses.ResponseEvents(plan, rid, created)
+                if plan.kind == "responses"
+                else _ChatEvents(plan, rid, created)
+            )
+            completed = await self._pump(response, plan, events)
         except asyncio.CancelledError:
             # handler_cancellation: aiohttp cancels us when the client disconnects.
             self._state.stats.streams_cancelled += 1
@@ -175,10 +186,12 @@ class Inference:
                 request.transport.close()
         return response
 
-    async def _pump(self, response: web.StreamResponse, plan: Plan, rid: str, created: int) -> bool:
+    async def _pump(self, response: web.StreamResponse, plan: Plan, events: _Events) -> bool:
         """Write the chunks; False when `break_after` says to cut the stream instead of ending."""
         directives = plan.directives
         gap = self._gap(directives)
+        for event in events.opening():
+            await response.write(event)
         for index in range(plan.completion_tokens):
             if index in (directives.break_after, directives.garbage_after, directives.stall_after):
                 break
@@ -186,11 +199,12 @@ class Inference:
                 await asyncio.sleep(gap)
             # One write per chunk: aiohttp hands each to the transport at once (no buffering),
             # so a proxy can observe chunk-by-chunk delivery.
-            await response.write(_event(shapes.chunk(plan, rid, created, index, piece(index))))
-        return await self._end(response, plan, rid, created)
+            await response.write(events.delta(index))
+        return await self._end(response, plan, events)
 
-    async def _end(self, response: web.StreamResponse, plan: Plan, rid: str, created: int) -> bool:
-        """The stream's end: cut (`break_after`), a broken event, silence, or usage and [DONE]."""
+    async def _end(self, response: web.StreamResponse, plan: Plan, events: _Events) -> bool:
+        """The stream's end: cut (`break_after`), a broken event, silence, or the closing
+        events (chat: usage and [DONE])."""
         directives = plan.directives
         if directives.break_after is not None:
             return False
@@ -200,7 +214,32 @@ class Inference:
         if directives.stall_after is not None:
             self._state.stats.hangs += 1
             await asyncio.Event().wait()  # never set: only the client going away ends this
-        if plan.include_usage:
-            await response.write(_event(shapes.usage_chunk(plan, rid, created)))
-        await response.write(DONE)
+        for event in events.closing():
+            await response.write(event)
         return True
+
+
+class _Events(Protocol):
+    """The SSE events of one stream, in order: opening, one delta per token, closing."""
+
+    def opening(self) -> list[bytes]: ...
+    def delta(self, index: int) -> bytes: ...
+    def closing(self) -> list[bytes]: ...
+
+
+class _ChatEvents:
+    """Chat and text completion chunks; usage (when asked) and `[DONE]` close the stream."""
+
+    def __init__(self, plan: Plan, rid: str, created: int) -> None:
+        self._plan, self._rid, self._created = plan, rid, created
+
+    def opening(self) -> list[bytes]:
+        return []
+
+    def delta(self, index: int) -> bytes:
+        return _event(shapes.chunk(self._plan, self._rid, self._created, index, piece(index)))
+
+    def closing(self) -> list[bytes]:
+        if not self._plan.include_usage:
+            return [DONE]
+        return [_event(shapes.usage_chunk(self._plan, self._rid, self._created)), DONE]

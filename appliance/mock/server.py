@@ -178,6 +178,7 @@ class MockBackend:
         app.router.add_post("/v1/chat/completions", inference.chat)
         app.router.add_post("/v1/completions", inference.completions)
         app.router.add_post("/v1/embeddings", inference.embeddings)
+        app.router.add_post("/v1/responses", inference.responses)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_get("/health", self._health)

@@ -20,6 +20,7 @@ KNOWN_ROUTES = frozenset(
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/responses",
         "/v1/models",
         "/v1/status/healthz",
         "/v1/status/readyz",

@@ -37,6 +37,7 @@ _OPERATIONS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "text_completion",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "chat",  # semconv has no operation of its own for the Responses API
 }
 _NAMED_PATHS = frozenset({*_OPERATIONS, "/v1/models"})
 # Outcomes that end a span without it being our or the backend's failure.

@@ -26,6 +26,7 @@ from appliance.routing.selection import ModelRoute
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.spans import AttemptSpan, RequestTrace
 from appliance.upstream.client import BackendClient, UpstreamResponse
+from appliance.upstream.dialect import DIALECTS
 from appliance.upstream.model_name import ModelName
 from appliance.upstream.payload import InferenceRequest, render_upstream
 from appliance.upstream.relay import (
@@ -136,6 +137,7 @@ class Forwarder:
         backend = decision.target.backend_id
         upstream_model = decision.target.upstream_model
         body = render_upstream(request, upstream_model)
+        dialect = DIALECTS[request.endpoint]
         # The client hears back the model name it asked for, not the backend's.
         renamed = (
             None if upstream_model == request.model else ModelName(request.model, upstream_model)
@@ -160,11 +162,12 @@ class Forwarder:
                     ledger.time_first_chunk(hooks),
                     strip_usage_chunk=not request.include_usage,
                     finish_reasons=span is not None,
-                    rewrite=None if renamed is None else renamed.events,
+                    rewrite=None if renamed is None else dialect.renamer(renamed),
+                    scanner_type=dialect.scanner,
                 )
                 return relayed, None
             answer = await upstream.read()
-            usage = judge_whole(upstream, answer, finish_reasons=span is not None)
+            usage = judge_whole(upstream, answer, span is not None, dialect.answer_usage)
         except RouterError as exc:
             hooks.on_upstream_time(ledger.fail(exc))
             _log_failure(request_id, backend, number, exc)

@@ -2,8 +2,9 @@
 
 A route may send model `chat` to a backend that calls it `llama-3-70b`; the client must see
 `chat` back, as from any OpenAI-compatible endpoint (the usage record keeps the upstream
-name). Only the top-level `model` field of a JSON answer or of each SSE data event changes;
-every other value passes through as the backend wrote it (msgspec.Raw), key order kept.
+name). Only the top-level `model` field of a JSON answer or of each SSE data event changes
+(in a Responses API stream: the `model` of the `response` an event carries); every other
+value passes through as the backend wrote it (msgspec.Raw), key order kept.
 """
 
 from __future__ import annotations
@@ -50,3 +51,31 @@ class ModelName:
                 if renamed is not payload:
                     events[i] = b"data: " + renamed
         return b"\n\n".join(events)
+
+    def response_events(self, chunk: bytes) -> bytes:
+        """`events` for a Responses API stream: its events have an `event:` line, and the model
+        is that of the `response` object some of them carry."""
+        if self._upstream not in chunk:
+            return chunk
+        events = chunk.split(b"\n\n")
+        for i, event in enumerate(events):
+            if self._upstream in event:
+                events[i] = b"\n".join(self._response_line(line) for line in event.split(b"\n"))
+        return b"\n\n".join(events)
+
+    def _response_line(self, line: bytes) -> bytes:
+        if not line.startswith(_DATA) or self._upstream not in line:
+            return line
+        try:
+            fields = _decoder.decode(line[len(_DATA) :])
+        except msgspec.DecodeError:
+            return line
+        raw = fields.get("response")
+        if raw is None:
+            return line
+        response = bytes(raw)
+        renamed = self.whole(response)
+        if renamed is response:
+            return line
+        fields["response"] = msgspec.Raw(renamed)
+        return b"data: " + _encoder.encode(fields)

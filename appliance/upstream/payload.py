@@ -20,6 +20,7 @@ class Endpoint(enum.Enum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
 
     @property
     def route(self) -> str:
@@ -36,6 +37,23 @@ _REQUIRED_INPUT: dict[Endpoint, tuple[str, tuple[type, ...]]] = {
     Endpoint.CHAT: ("messages", (list,)),
     Endpoint.COMPLETIONS: ("prompt", (str, list)),
     Endpoint.EMBEDDINGS: ("input", (str, list)),
+    Endpoint.RESPONSES: ("input", (str, list)),
+}
+# The field that caps the answer's tokens (the limits' estimate uses it), first found wins.
+# The text fields the limits' token estimate counts as the prompt.
+_OPENAI_PROMPT = ("messages", "prompt", "input")
+PROMPT_FIELDS: dict[Endpoint, tuple[str, ...]] = {
+    Endpoint.CHAT: _OPENAI_PROMPT,
+    Endpoint.COMPLETIONS: _OPENAI_PROMPT,
+    Endpoint.EMBEDDINGS: _OPENAI_PROMPT,
+    Endpoint.RESPONSES: ("input", "instructions"),
+}
+_OPENAI_MAX_TOKENS = ("max_completion_tokens", "max_tokens")
+_MAX_TOKENS: dict[Endpoint, tuple[str, ...]] = {
+    Endpoint.CHAT: _OPENAI_MAX_TOKENS,
+    Endpoint.COMPLETIONS: _OPENAI_MAX_TOKENS,
+    Endpoint.EMBEDDINGS: _OPENAI_MAX_TOKENS,
+    Endpoint.RESPONSES: ("max_output_tokens",),
 }
 
 # Deeper bodies are refused: real requests nest a handful of levels, and recursive code
@@ -73,10 +91,13 @@ def parse_request(endpoint: Endpoint, body: bytes) -> InferenceRequest:
     if stream and not endpoint.streams:
         raise InvalidRequest("This endpoint does not stream.", param="stream")
     options = _optional(payload, "stream_options", dict)
-    include_usage = bool(options and options.get("include_usage") is True)
+    # A Responses stream always ends with its usage (response.completed): nothing to ask for.
+    include_usage = endpoint is Endpoint.RESPONSES or bool(
+        options and options.get("include_usage") is True
+    )
     if options is not None and not stream:
         raise InvalidRequest("'stream_options' needs 'stream': true.", param="stream_options")
-    max_tokens = _max_tokens(payload)
+    max_tokens = _max_tokens(payload, _MAX_TOKENS[endpoint])
     _check_sampling(payload)
     return InferenceRequest(endpoint, model, stream, include_usage, max_tokens, payload)
 
@@ -141,6 +162,8 @@ def _check_input(endpoint: Endpoint, payload: dict[str, Any]) -> None:
         raise InvalidRequest(f"'{name}' must be {kinds}.", param=name)
     if isinstance(value, list) and endpoint is Endpoint.CHAT:
         _check_messages(value)
+    elif endpoint is Endpoint.RESPONSES:
+        _check_responses_input(value, payload)
 
 
 def _check_messages(messages: list[Any]) -> None:
@@ -154,8 +177,22 @@ def _check_messages(messages: list[Any]) -> None:
             raise InvalidRequest("Each message needs a string 'role'.", param=f"messages[{i}].role")
 
 
-def _max_tokens(payload: dict[str, Any]) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
+def _check_responses_input(value: Any, payload: dict[str, Any]) -> None:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise InvalidRequest("Each input item must be an object.", param=f"input[{i}]")
+    instructions = payload.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        got = _json_kind(instructions)
+        raise InvalidRequest(
+            f"Invalid type for 'instructions': expected a string, but got {got} instead.",
+            param="instructions",
+        )
+
+
+def _max_tokens(payload: dict[str, Any], names: tuple[str, ...]) -> int | None:
+    for name in names:
         value = payload.get(name)
         if value is None:
             continue

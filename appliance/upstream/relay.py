@@ -13,9 +13,13 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import msgspec
+
 from appliance.errors import RouterError, UpstreamInvalidResponse, UpstreamStreamBroken
 from appliance.upstream.client import UpstreamResponse
-from appliance.upstream.usage import StreamScanner, Usage
+from appliance.upstream.usage import ResponsesScanner, StreamScanner, Usage
+
+_encode = msgspec.json.Encoder().encode
 
 # Called once per relayed answer with the usage seen and an outcome: "ok", an error code,
 # or "client_disconnected".
@@ -52,10 +56,11 @@ async def relay_stream(
     strip_usage_chunk: bool,
     finish_reasons: bool = False,
     rewrite: Rewrite | None = None,
+    scanner_type: type[StreamScanner] = StreamScanner,
 ) -> Relayed:
     """The stream, once its first event is in and sound. Until then nothing has reached the
     client, so a failure raises (the forwarder fails over) instead of ending the stream."""
-    scanner = StreamScanner(strip_usage_chunk, finish_reasons)
+    scanner = scanner_type(strip_usage_chunk, finish_reasons)
     try:
         first = await _first_bytes(upstream, scanner)
     except BaseException:
@@ -116,7 +121,7 @@ async def _stream(
         upstream.close()
     on_done(scanner.usage, "ok" if failure is None else failure.code)
     if failure is not None:
-        yield error_event(failure)
+        yield error_event(failure, responses=isinstance(scanner, ResponsesScanner))
 
 
 def _ending(scanner: StreamScanner) -> RouterError | None:
@@ -124,7 +129,7 @@ def _ending(scanner: StreamScanner) -> RouterError | None:
     if scanner.broken:
         return _invalid_event()
     if not scanner.done:
-        return UpstreamStreamBroken("The backend ended the stream without [DONE].")
+        return UpstreamStreamBroken(f"The backend ended the stream without {scanner.END}.")
     return None
 
 
@@ -132,5 +137,11 @@ def _invalid_event() -> UpstreamInvalidResponse:
     return UpstreamInvalidResponse("The backend sent a stream event that is not a JSON object.")
 
 
-def error_event(error: RouterError) -> bytes:
-    return b"data: " + error.body() + b"\n\n"
+def error_event(error: RouterError, *, responses: bool = False) -> bytes:
+    """The stream's last event, in OpenAI's error shape. A Responses stream gets the API's own
+    `error` event, which carries the same `error` object too, so SDKs raise it either way."""
+    if not responses:
+        return b"data: " + error.body() + b"\n\n"
+    shape = {"message": error.message, "type": error.type, "param": error.param, "code": error.code}
+    event = {"type": "error", "code": error.code, "message": error.message, "param": error.param}
+    return b"event: error\ndata: " + _encode({**event, "error": shape}) + b"\n\n"

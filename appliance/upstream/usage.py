@@ -1,7 +1,9 @@
 """Token usage read from a backend's answer: the JSON body or the SSE stream (pure).
 
 Finish reasons are read only when asked (tracing records them): otherwise the choices of an
-answer are skipped unbuilt, as before.
+answer are skipped unbuilt, as before. The Responses API says `input_tokens` and
+`output_tokens`: they are read as prompt and completion tokens by decoders of their own, so
+the chat decoders stay as they were.
 """
 
 from __future__ import annotations
@@ -104,6 +106,31 @@ def usage_from_json(body: bytes, finish_reasons: bool = False) -> Usage | None:
         return None
 
 
+class _ResponseUsage(msgspec.Struct):
+    input_tokens: int
+    output_tokens: int = 0
+
+
+class _Response(msgspec.Struct):
+    """Only the usage of a Responses API answer (a `response` object)."""
+
+    usage: _ResponseUsage | None = None
+
+    def read(self) -> Usage | None:
+        usage = self.usage
+        return None if usage is None else Usage(usage.input_tokens, usage.output_tokens)
+
+
+_response_decoder = msgspec.json.Decoder(_Response)
+
+
+def response_usage(body: bytes, finish_reasons: bool = False) -> Usage | None:
+    """`answer_usage` for a Responses API answer (finish reasons: the API has none)."""
+    del finish_reasons
+    answer = _decode_object(_response_decoder, body)
+    return None if answer is None else answer.read()
+
+
 class _Chunk(msgspec.Struct):
     usage: _UsageBlock | None = None
     choices: list[msgspec.Raw] | None = None
@@ -128,6 +155,8 @@ class StreamScanner:
     data event is decoded once: into an empty Struct (a syntax check that builds nothing),
     or, when it mentions usage (or a finish reason, when asked), into the fields wanted.
     """
+
+    END = "[DONE]"  # what a complete stream ends with, as error messages say it
 
     __slots__ = (
         "_finish",
@@ -238,3 +267,42 @@ def _data(event: bytes) -> bytes | None:
         return event[5:]  # the usual event: one data line
     lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
+
+
+class _ResponseEvent(msgspec.Struct):
+    """A Responses API stream event: its type, and the usage of the response it carries."""
+
+    type: str = ""
+    response: _Response | None = None
+
+
+_event_decoder = msgspec.json.Decoder(_ResponseEvent)
+# The events a Responses stream ends with; the usage is in their `response`.
+_RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
+class ResponsesScanner(StreamScanner):
+    """A StreamScanner for the Responses API: its streams end with `response.completed` (or
+    `.failed`, `.incomplete`), whose `response.usage` is read; there is no `[DONE]` and no
+    usage chunk to strip. `events` counts the `.delta` events, the content the client got."""
+
+    END = "response.completed"
+    __slots__ = ()
+
+    def _inspect(self, event: bytes) -> int:
+        data = _data(event)
+        if data is None:
+            return _KEEP
+        try:
+            parsed = _decode_object(_event_decoder, data)
+        except NotAnObject:
+            return _KEEP if not data.strip() else _BROKEN
+        if parsed is None:
+            return _KEEP
+        if parsed.type.endswith(".delta"):
+            self.events += 1
+        elif parsed.type in _RESPONSE_ENDS:
+            self.done = True
+        if parsed.response is not None and parsed.response.usage is not None:
+            self.usage = parsed.response.read()
+        return _KEEP

@@ -7,6 +7,7 @@ other 4xx is its verdict on the request and is relayed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from appliance.errors import (
@@ -24,12 +25,18 @@ UPSTREAM_STATUS = "x-routerctl-upstream-status"
 _MAX_SHOWN = 200  # characters of a redirect target shown in a message
 
 
-def judge_whole(upstream: UpstreamResponse, body: bytes, finish_reasons: bool) -> Usage | None:
-    """The usage of an answer fit to relay; raises the error to fail over from otherwise."""
+def judge_whole(
+    upstream: UpstreamResponse,
+    body: bytes,
+    finish_reasons: bool,
+    read_usage: Callable[[bytes, bool], Usage | None] = answer_usage,
+) -> Usage | None:
+    """The usage of an answer fit to relay (read by `read_usage`, the endpoint's dialect);
+    raises the error to fail over from otherwise."""
     status = upstream.status
     if 200 <= status < 300:
         try:
-            return answer_usage(body, finish_reasons)
+            return read_usage(body, finish_reasons)
         except NotAnObject:
             raise UpstreamInvalidResponse(
                 f"The backend answered HTTP {status} with a body that is not a JSON object.",
