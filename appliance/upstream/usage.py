@@ -291,8 +291,8 @@ class ResponsesScanner(StreamScanner):
 
     def _inspect(self, event: bytes) -> int:
         data = _data(event)
-        if data is None:
-            return _KEEP
+        if data is None or (len(data) < 16 and data.strip() == b"[DONE]"):
+            return _KEEP  # some servers add chat's [DONE]: passed on, not taken for an end
         try:
             parsed = _decode_object(_event_decoder, data)
         except NotAnObject:

@@ -111,10 +111,12 @@ async def test_unknown_route_and_wrong_method(router: RouterUnderTest) -> None:
     async with router.session.get(f"{router.url}/v1/nope", headers=router.auth) as response:
         error = await expect_error(response, 404, "not_found")
     assert "does not serve GET /v1/nope" in str(error["message"])
-    responses = f"{router.url}/v1/responses"
-    async with router.session.post(responses, json={}, headers=router.auth) as response:
+    images = f"{router.url}/v1/images/generations"
+    async with router.session.post(images, json={}, headers=router.auth) as response:
         error = await expect_error(response, 404, "not_found")
-    assert "does not serve POST /v1/responses. It serves POST /v1/chat" in str(error["message"])
+    message = str(error["message"])
+    assert "does not serve POST /v1/images/generations. It serves POST /v1/chat" in message
+    assert "POST /v1/responses" in message
     async with router.session.get(f"{router.url}/x" * 100, headers=router.auth) as response:
         error = await expect_error(response, 404, "not_found")
     assert str(error["message"]).startswith("No such route: GET /x")

@@ -97,6 +97,7 @@ def fast_path(handler: FakeHandler) -> tuple[InferenceFastPath, list[Scope]]:
         ("/v1/chat/completions", Endpoint.CHAT),
         ("/v1/completions", Endpoint.COMPLETIONS),
         ("/v1/embeddings", Endpoint.EMBEDDINGS),
+        ("/v1/responses", Endpoint.RESPONSES),
     ],
 )
 async def test_inference_posts_are_served_without_quart(path: str, endpoint: Endpoint) -> None:

@@ -13,6 +13,7 @@ from appliance.limits.policy import (
     rate_headers,
 )
 from appliance.limits.ports import BucketReading
+from appliance.upstream.payload import PROMPT_FIELDS, Endpoint
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,16 @@ def test_estimate_counts_text_and_max_tokens() -> None:
     }
     assert estimate_tokens(payload, 50, 1024) == 12 + 50
     assert estimate_tokens({"prompt": ""}, None, 1024) == 1 + 1024
+
+
+def test_estimate_counts_the_fields_named() -> None:
+    """With the Responses API's fields, `instructions` counts as prompt text too."""
+    payload = {
+        "input": [{"role": "user", "content": [{"text": "x" * 40}]}],
+        "instructions": "y" * 8,
+    }
+    assert estimate_tokens(payload, 5, 1024) == 10 + 5
+    assert estimate_tokens(payload, 5, 1024, PROMPT_FIELDS[Endpoint.RESPONSES]) == 12 + 5
 
 
 def test_headers_report_the_tightest_bucket() -> None:

@@ -11,6 +11,7 @@ from appliance.errors import InvalidJson, InvalidRequest
 from appliance.upstream.payload import Endpoint, parse_request, render_upstream
 
 CHAT = Endpoint.CHAT
+RESPONSES = Endpoint.RESPONSES
 
 
 def body(**fields: object) -> bytes:
@@ -53,6 +54,13 @@ def test_parses_chat_request() -> None:
         (Endpoint.COMPLETIONS, body(model="m", prompt=5), "prompt"),
         (Endpoint.EMBEDDINGS, body(model="m"), "input"),
         (Endpoint.EMBEDDINGS, body(model="m", input="x", stream=True), "stream"),
+        (RESPONSES, body(model="m"), "input"),
+        (RESPONSES, body(model="m", input={"role": "user"}), "input"),
+        (RESPONSES, body(model="m", input=["hi"]), "input[0]"),
+        (RESPONSES, body(model="m", input="x", instructions=["be"]), "instructions"),
+        (RESPONSES, body(model="m", input="x", max_output_tokens=0), "max_output_tokens"),
+        (RESPONSES, body(model="m", input="x", temperature="hot"), "temperature"),
+        (RESPONSES, body(model="m", input="x", stream=1), "stream"),
     ],
 )
 def test_rejects_with_param(endpoint: Endpoint, raw: bytes, param: str) -> None:
@@ -130,3 +138,20 @@ def test_sampling_fields_in_range_pass() -> None:
         ),
     )  # fmt: skip
     assert request.payload["temperature"] == 1
+
+
+def test_parses_a_responses_request_and_renders_it_as_sent() -> None:
+    """A Responses body gives model, stream and max_output_tokens as the token cap; its stream
+    needs no `stream_options` (it always ends with usage), so only `model` is rewritten."""
+    sent = {
+        "model": "m",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        "instructions": "be brief",
+        "stream": True,
+        "max_output_tokens": 9,
+        "max_tokens": 3,
+    }
+    parsed = parse_request(RESPONSES, body(**sent))
+    assert (parsed.model, parsed.stream, parsed.max_tokens) == ("m", True, 9)
+    assert msgspec.json.decode(render_upstream(parsed, "up")) == {**sent, "model": "up"}
+    assert parse_request(RESPONSES, body(model="m", input="hi")).max_tokens is None
