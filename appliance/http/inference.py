@@ -19,7 +19,7 @@ from appliance.limits.policy import estimate_tokens
 from appliance.routing.engine import Decision
 from appliance.runtime import Runtime
 from appliance.upstream.forwarder import Forwarder, RequestHooks
-from appliance.upstream.payload import PROMPT_FIELDS, Endpoint, parse_request
+from appliance.upstream.payload import Endpoint, parse_request, prompt_fields
 from appliance.upstream.usage import Usage
 
 _JSON = "application/json"
@@ -70,7 +70,7 @@ class InferenceHandler:
         context.model_known = True
         completion = parsed.max_tokens or runtime.settings.limits.default_max_tokens
         estimate = estimate_tokens(
-            parsed.payload, parsed.max_tokens, completion, PROMPT_FIELDS[endpoint]
+            parsed.payload, parsed.max_tokens, completion, prompt_fields(endpoint)
         )
         context.estimate_prompt, context.estimate_completion = estimate - completion, completion
         limiter = self._limiter

@@ -26,7 +26,7 @@ from appliance.routing.selection import ModelRoute
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.spans import AttemptSpan, RequestTrace
 from appliance.upstream.client import BackendClient, UpstreamResponse
-from appliance.upstream.dialect import DIALECTS
+from appliance.upstream.dialect import dialect_of
 from appliance.upstream.model_name import ModelName
 from appliance.upstream.payload import InferenceRequest, render_upstream
 from appliance.upstream.relay import (
@@ -137,7 +137,7 @@ class Forwarder:
         backend = decision.target.backend_id
         upstream_model = decision.target.upstream_model
         body = render_upstream(request, upstream_model)
-        dialect = DIALECTS[request.endpoint]
+        dialect = dialect_of(request.endpoint)
         # The client hears back the model name it asked for, not the backend's.
         renamed = (
             None if upstream_model == request.model else ModelName(request.model, upstream_model)

@@ -13,7 +13,7 @@ from appliance.limits.policy import (
     rate_headers,
 )
 from appliance.limits.ports import BucketReading
-from appliance.upstream.payload import PROMPT_FIELDS, Endpoint
+from appliance.upstream.payload import Endpoint, prompt_fields
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_estimate_counts_the_fields_named() -> None:
         "instructions": "y" * 8,
     }
     assert estimate_tokens(payload, 5, 1024) == 10 + 5
-    assert estimate_tokens(payload, 5, 1024, PROMPT_FIELDS[Endpoint.RESPONSES]) == 12 + 5
+    assert estimate_tokens(payload, 5, 1024, prompt_fields(Endpoint.RESPONSES)) == 12 + 5
 
 
 def test_headers_report_the_tightest_bucket() -> None:
