@@ -17,6 +17,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
     ("path", "route"),
     [
         ("/v1/chat/completions", "/v1/chat/completions"),
+        ("/v1/responses", "/v1/responses"),
         ("/v1/usage/3f2a9c", "/v1/usage/{request_id}"),
         ("/v1/admin/backends/b1/degrade", "/v1/admin/other"),
         ("/v1/admin/backends", "/v1/admin/backends"),
