@@ -39,7 +39,6 @@ _REQUIRED_INPUT: dict[Endpoint, tuple[str, tuple[type, ...]]] = {
     Endpoint.EMBEDDINGS: ("input", (str, list)),
     Endpoint.RESPONSES: ("input", (str, list)),
 }
-# The field that caps the answer's tokens (the limits' estimate uses it), first found wins.
 # The fields that cap the answer's tokens (the first found wins), and the text fields the
 # limits' token estimate counts as the prompt. Chosen by `is`, not by a dict: an Enum's hash
 # is a Python call, ~0.2 us a lookup on the hot path.
