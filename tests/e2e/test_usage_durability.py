@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer
 
 from appliance.auth.keyring import hash_key
 from tests.e2e.cli import router_process
+from tests.reliability import Figures
 from tests.services import KafkaBroker, free_port
 
 KEY = "rk-e2e-usage"
@@ -124,8 +125,9 @@ async def metric(port: int, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
+@pytest.mark.reliability("1.1", "router SIGKILLed under load, then restarted")
 async def test_sigkill_mid_load_loses_no_record(
-    kafka_broker: KafkaBroker, mock_url: str, tmp_path: Path
+    kafka_broker: KafkaBroker, mock_url: str, tmp_path: Path, figures: Figures
 ) -> None:
     """Every request answered in full before a SIGKILL has exactly one record in Kafka."""
     topic = f"usage-{uuid.uuid4().hex[:8]}"
@@ -146,6 +148,9 @@ async def test_sigkill_mid_load_loses_no_record(
     missing = [rid for rid in done if rid not in seen]
     duplicates = sum(n - 1 for n in seen.values() if n > 1)
     print(f"complete answers {len(done)}, records {sum(seen.values())}, duplicates {duplicates}")
+    figures.add("answered", len(done))
+    figures.add("lost", len(missing), bound=0)
+    figures.add("duplicates", duplicates)
     assert missing == []
 
 
@@ -154,8 +159,9 @@ async def readiness(url: str) -> tuple[int, dict[str, dict[str, str]]]:
         return r.status, await r.json()
 
 
+@pytest.mark.reliability("1.2", "Kafka down under load, then back (empty)")
 async def test_kafka_outage_buffers_then_drains(
-    kafka_broker: KafkaBroker, mock_url: str, tmp_path: Path
+    kafka_broker: KafkaBroker, mock_url: str, tmp_path: Path, figures: Figures
 ) -> None:
     """With Kafka down requests still succeed and records buffer; when it returns they drain."""
     topic = f"usage-{uuid.uuid4().hex[:8]}"
@@ -187,4 +193,7 @@ async def test_kafka_outage_buffers_then_drains(
             await asyncio.sleep(0.25)
         assert (status, body["components"]["kafka"]) == (200, "healthy")
         seen = await published_ids(kafka_broker.bootstrap, topic, during)
+    figures.add("answered while down", len(during))
+    figures.add("lost", sum(1 for rid in during if seen[rid] == 0), bound=0)
+    figures.add("duplicates", sum(seen[rid] - 1 for rid in during if seen[rid] > 1), bound=0)
     assert [rid for rid in during if seen[rid] != 1] == []
