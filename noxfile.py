@@ -17,6 +17,17 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def soak(session: nox.Session) -> None:
+    """The reliability matrix at full size (docs/reliability.md): longer outages, more kills."""
+    _install(session, ".[test]")
+    session.run(
+        "python", "-m", "pytest", "-n", "2", "-m", "reliability", *session.posargs,
+        env={"ROUTERCTL_SOAK": "1"},
+    )  # fmt: skip
+    session.run("python", "-m", "tests.reliability_matrix", "--write")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format) and the import-linter contracts of DESIGN.md's layout."""
     _install(session, ".[dev]")

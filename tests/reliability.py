@@ -50,6 +50,13 @@ class Figures:
 
 
 _FIGURES = pytest.StashKey[Figures]()
+# `nox -s soak` runs the matrix at the issue's full sizes; CI runs it small.
+SOAK = os.environ.get("ROUTERCTL_SOAK") == "1"
+
+
+def sized(ci: int, soak: int) -> int:
+    """A row's size: `soak` under `nox -s soak`, else `ci`."""
+    return soak if SOAK else ci
 
 
 def row_of(item: pytest.Item) -> tuple[str, str] | None:

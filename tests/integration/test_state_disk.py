@@ -14,6 +14,7 @@ import pytest
 from appliance.doctor.state_checks import check_state
 from appliance.settings_loader import parse_settings
 from tests.integration.router_harness import RouterUnderTest, chat, chat_requests, running_router
+from tests.reliability import Figures
 from tests.small_fs import fill, tmpfs
 
 MB = 1024 * 1024
@@ -45,7 +46,10 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) ->
         await asyncio.sleep(0.05)
 
 
-async def test_low_disk_refuses_before_forwarding_then_recovers(small_fs: Path) -> None:
+@pytest.mark.reliability("1.4", "state dir below its free-space reserve (8 MB tmpfs)")
+async def test_low_disk_refuses_before_forwarding_then_recovers(
+    small_fs: Path, figures: Figures
+) -> None:
     """Below state.min_free_mb, chat requests get 503 usage_buffer_full without reaching the
     backend and readiness fails on usage_buffer; freeing space brings both back, no restart."""
     state = small_fs / "state"
@@ -68,6 +72,8 @@ async def test_low_disk_refuses_before_forwarding_then_recovers(small_fs: Path) 
             assert (error["code"], error["type"]) == ("usage_buffer_full", "server_error")
             assert "disk" in error["message"]
         assert chat_requests(mock) == forwarded  # the backend was never called
+        figures.add("refused with 503 usage_buffer_full", 5)
+        figures.add("forwarded while refused", chat_requests(mock) - forwarded, bound=0)
         status, ready = await readyz(router)
         assert (status, ready["components"]["usage_buffer"]) == (503, "unhealthy")  # type: ignore[index]
         assert "free" in ready["details"]["usage_buffer"]  # type: ignore[index]
@@ -85,8 +91,9 @@ async def _ready(router: RouterUnderTest) -> bool:
     return (await readyz(router))[0] == 200
 
 
+@pytest.mark.reliability("1.5", "state dir full at the commit (tmpfs filled to 0 bytes)")
 async def test_disk_full_after_the_check_still_answers_and_keeps_the_record(
-    small_fs: Path,
+    small_fs: Path, figures: Figures
 ) -> None:
     """With the disk full past the free-space check, the client still gets its whole answer;
     the record waits in memory (readiness fails meanwhile) and reaches the outbox once space
@@ -121,6 +128,8 @@ async def test_disk_full_after_the_check_still_answers_and_keeps_the_record(
         await until(written)
         await until(lambda: _ready(router))
         assert (await ask(router))[0] == 200
+        figures.add("answered in full on a full disk", 1)
+        figures.add("records still held after space returned", recorder.held, bound=0)
 
 
 async def test_a_small_state_dir_does_not_fill_by_itself(tmp_path: Path) -> None:
