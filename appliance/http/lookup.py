@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from quart import Blueprint, Response, request
@@ -75,7 +76,7 @@ def lookup_blueprint(
             until=query.until,
             limit=query.limit,
         )
-        return _json({"data": [render_event(e) for e in events]})
+        return _json(AuditEvents([render_event(e) for e in events]))
 
     # `path`: an id with a slash is malformed, and gets the same 404 as any other bad id.
     @bp.get("/v1/usage/<path:request_id>")
@@ -156,22 +157,42 @@ def iso_time(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-def render_event(event: AuditEvent) -> dict[str, object]:
+class AuditEventView(msgspec.Struct, frozen=True, kw_only=True):
     """The one JSON shape of an audit event; `time` is unix seconds, `time_iso` the same in UTC."""
-    return {
-        "id": event.id,
-        "kind": event.kind,
-        "time": event.time,
-        "time_iso": iso_time(event.time),
-        "actor": event.actor,
-        "org": event.org,
-        "key_id": event.key_id,
-        "request_id": event.request_id,
-        "subject": event.subject,
-        "reason": event.reason,
-        "before": event.before,
-        "after": event.after,
-    }
+
+    id: str
+    kind: str  # one of audit.events.KINDS
+    time: float
+    time_iso: str
+    actor: str | None
+    org: str | None
+    key_id: str | None
+    request_id: str | None
+    subject: str | None
+    reason: str | None
+    before: Any  # the state before a change, as JSON
+    after: Any
+
+
+class AuditEvents(msgspec.Struct, frozen=True):
+    data: list[AuditEventView]
+
+
+def render_event(event: AuditEvent) -> AuditEventView:
+    return AuditEventView(
+        id=event.id,
+        kind=event.kind,
+        time=event.time,
+        time_iso=iso_time(event.time),
+        actor=event.actor,
+        org=event.org,
+        key_id=event.key_id,
+        request_id=event.request_id,
+        subject=event.subject,
+        reason=event.reason,
+        before=event.before,
+        after=event.after,
+    )
 
 
 def _time_param(values: dict[str, str], name: str) -> float | None:
