@@ -16,10 +16,16 @@ from quart import Blueprint, Response, request
 
 from appliance.auth.admin import AdminTokens, Role
 from appliance.errors import InvalidJson, InvalidRequest
+from appliance.http.admin_shapes import (
+    BackendList,
+    BackendState,
+    OverrideList,
+    OverrideView,
+    Restored,
+)
 from appliance.http.context import request_context
-from appliance.routing.overrides import Override, OverrideKind
+from appliance.routing.overrides import Override
 from appliance.routing.ports import BackendView, RoutingControl
-from appliance.routing.registry import Health
 
 _JSON = "application/json"
 _MAX_REASON = 1000
@@ -156,49 +162,10 @@ def authorize(tokens: AdminTokens, need: Role) -> str:
     return token_id
 
 
-class OverrideView(Struct, frozen=True):
-    """The one JSON shape of an override; times are unix seconds, as OpenAI's `created`."""
-
-    id: str
-    kind: OverrideKind
-    backend: str
-    model: str | None
-    factor: float
-    reason: str
-    actor: str
-    created_at: float
-    expires_at: float | None
-
-
-class BackendState(Struct, frozen=True):
-    id: str
-    models: list[str]
-    weight: float
-    effective_weight: float
-    health: Health
-    inflight: int
-    max_concurrency: int  # 0: unlimited
-    ewma_latency_ms: float | None
-    ejections: int
-    override: OverrideView | None
-
-
-class BackendList(Struct, frozen=True):
-    data: list[BackendState]
-
-
-class OverrideList(Struct, frozen=True):
-    data: list[OverrideView]
-
-
-class Restored(Struct, frozen=True):
-    removed: list[OverrideView]
-
-
 def render_override(override: Override) -> OverrideView:
     return OverrideView(
         id=override.id,
-        kind=override.kind,
+        kind=override.kind.value,
         backend=override.backend,
         model=override.model,
         factor=override.factor,
@@ -215,7 +182,7 @@ def render_backend(backend: BackendView) -> BackendState:
         models=list(backend.models),
         weight=backend.weight,
         effective_weight=backend.effective_weight,
-        health=Health(backend.health),
+        health=backend.health,
         inflight=backend.inflight,
         max_concurrency=backend.max_concurrency,
         ewma_latency_ms=backend.ewma_latency_ms,

@@ -10,20 +10,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from appliance.audit.events import KINDS
-from appliance.http.admin import (
+from appliance.http.admin import ClearBody, DegradeBody, DrainBody, PinBody, RestoreBody
+from appliance.http.admin_shapes import (
+    AuditEvents,
     BackendList,
-    ClearBody,
-    DegradeBody,
-    DrainBody,
     OverrideList,
     OverrideView,
-    PinBody,
-    RestoreBody,
     Restored,
 )
 from appliance.http.buffer_admin import ReplayBody
 from appliance.http.config_admin import Reloaded
-from appliance.http.lookup import MAX_LIMIT, REQUEST_ID, AuditEvents
+from appliance.http.lookup import MAX_LIMIT, REQUEST_ID
 from appliance.http.openai_shapes import (
     ChatCompletion,
     ChatCompletionRequest,

@@ -14,7 +14,6 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 from quart import Blueprint, Response, request
@@ -25,6 +24,7 @@ from appliance.auth.admin import ADMIN_TOKEN_PREFIX, AdminTokens
 from appliance.auth.keyring import bearer_token
 from appliance.errors import InvalidApiKey, InvalidRequest, UsageRecordNotFound
 from appliance.http.admin import authorize
+from appliance.http.admin_shapes import AuditEvents, AuditEventView
 from appliance.http.context import request_context
 from appliance.runtime import Runtime
 
@@ -155,27 +155,6 @@ def iso_time(seconds: float) -> str:
     """Unix seconds -> '2026-11-26T10:00:00.250Z' (UTC, milliseconds)."""
     stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
-
-
-class AuditEventView(msgspec.Struct, frozen=True, kw_only=True):
-    """The one JSON shape of an audit event; `time` is unix seconds, `time_iso` the same in UTC."""
-
-    id: str
-    kind: str  # one of audit.events.KINDS
-    time: float
-    time_iso: str
-    actor: str | None
-    org: str | None
-    key_id: str | None
-    request_id: str | None
-    subject: str | None
-    reason: str | None
-    before: Any  # the state before a change, as JSON
-    after: Any
-
-
-class AuditEvents(msgspec.Struct, frozen=True):
-    data: list[AuditEventView]
 
 
 def render_event(event: AuditEvent) -> AuditEventView:

@@ -15,7 +15,8 @@ import appliance.app
 from appliance.app import build_app
 from appliance.errors import ErrorEnvelope, InvalidRequest
 from appliance.http import fast_path
-from appliance.http.admin import OverrideView
+from appliance.http.admin_shapes import OverrideView
+from appliance.http.errors import SERVED
 from appliance.http.openapi import build_document, encode_document
 from appliance.settings_loader import load_text
 
@@ -137,3 +138,11 @@ def test_answer_schemas_come_from_the_structs_the_routes_send() -> None:
     """An override as the admin API renders it has exactly the document's fields."""
     schema = build_document()["components"]["schemas"]["OverrideView"]
     assert set(schema["properties"]) == set(OverrideView.__struct_fields__)
+
+
+def test_unserved_path_404_names_the_documented_public_routes() -> None:
+    """The 404 for an unserved /v1 path lists the org-key routes of the route table."""
+    served = SERVED.split(", ")
+    assert "GET /v1/usage/{request_id}" in served
+    assert "POST /v1/chat/completions" in served
+    assert not [route for route in served if "/admin/" in route or "/status/" in route]
