@@ -33,6 +33,7 @@ from appliance.http.errors import install_error_handlers
 from appliance.http.fast_path import InferenceFastPath
 from appliance.http.inference import InferenceHandler, inference_blueprint
 from appliance.http.lookup import lookup_blueprint
+from appliance.http.openapi import build_document, encode_document, openapi_blueprint
 from appliance.http.status import status_blueprint
 from appliance.http.usage_facts import usage_hook
 from appliance.readiness import Probe, ProbeFailed, Readiness
@@ -173,7 +174,7 @@ def build_app(
         monotonic=time.monotonic,
         max_retries=settings.routing.max_retries,
     )
-    app = Quart("routerctl")
+    app = Quart("routerctl", static_folder=None)  # no /static/<path> route: it serves no files
     _report_startup_failures_once(app)
     # "//" in a path must be a JSON 404, not werkzeug's HTML redirect to the merged path.
     app.url_map.merge_slashes = False
@@ -187,6 +188,7 @@ def build_app(
     )
     install_error_handlers(app)
     app.register_blueprint(status_blueprint(state.readiness))
+    app.register_blueprint(openapi_blueprint(encode_document(build_document())))
     inference = InferenceHandler(
         state.current_runtime,
         Forwarder(state.backends, routing),

@@ -49,10 +49,21 @@ class RouterError(Exception):
         return headers
 
 
+class ErrorDetail(msgspec.Struct, frozen=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None  # always set by the router; a backend's relayed error may have none
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True):
+    """OpenAI's error shape, the body of every error answer (and the OpenAPI document's)."""
+
+    error: ErrorDetail
+
+
 def encode_error(message: str, type_: str, code: str, param: str | None = None) -> bytes:
-    return msgspec.json.encode(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
+    return msgspec.json.encode(ErrorEnvelope(ErrorDetail(message, type_, param, code)))
 
 
 class InvalidRequest(RouterError):

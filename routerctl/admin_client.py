@@ -16,6 +16,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from appliance.http.admin_shapes import (
+    AuditEvents,
+    AuditEventView,
+    BackendList,
+    BackendState,
+    OverrideList,
+    OverrideView,
+    Restored,
+)
 from appliance.usage.buffer_service import LiveBufferReport, ReplayResult
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -31,62 +40,10 @@ class AdminError(Exception):
     """Anything that kept an admin call from succeeding; `str()` is one line."""
 
 
-class OverrideInfo(msgspec.Struct, frozen=True):
-    id: str
-    kind: str
-    backend: str
-    model: str | None
-    factor: float
-    reason: str
-    actor: str
-    created_at: float
-    expires_at: float | None
-
-
-class BackendInfo(msgspec.Struct, frozen=True):
-    id: str
-    models: list[str]
-    weight: float
-    effective_weight: float
-    health: str
-    inflight: int
-    max_concurrency: int
-    ewma_latency_ms: float | None
-    ejections: int
-    override: OverrideInfo | None
-
-
-class AuditInfo(msgspec.Struct, frozen=True):
-    """One audit event, as `GET /v1/admin/audit` renders it."""
-
-    id: str
-    kind: str
-    time: float
-    time_iso: str
-    actor: str | None
-    org: str | None
-    key_id: str | None
-    request_id: str | None
-    subject: str | None
-    reason: str | None
-    before: Any
-    after: Any
-
-
-class _Backends(msgspec.Struct, frozen=True):
-    data: list[BackendInfo]
-
-
-class _Overrides(msgspec.Struct, frozen=True):
-    data: list[OverrideInfo]
-
-
-class _Audit(msgspec.Struct, frozen=True):
-    data: list[AuditInfo]
-
-
-class _Removed(msgspec.Struct, frozen=True):
-    removed: list[OverrideInfo]
+# The CLI's names for the answers: the Structs the router's routes encode them with.
+OverrideInfo = OverrideView
+BackendInfo = BackendState
+AuditInfo = AuditEventView
 
 
 class _ErrorDetail(msgspec.Struct, frozen=True):
@@ -131,7 +88,7 @@ class AdminClient:
         return status, body
 
     def backends(self) -> list[BackendInfo]:
-        return self._call("GET", "/v1/admin/backends", None, _Backends).data
+        return self._call("GET", "/v1/admin/backends", None, BackendList).data
 
     def degrade(
         self, backend_id: str, factor: float, reason: str, ttl_s: float | None
@@ -145,10 +102,10 @@ class AdminClient:
 
     def restore(self, backend_id: str, reason: str) -> list[OverrideInfo]:
         path = _backend_path(backend_id, "restore")
-        return self._call("POST", path, {"reason": reason}, _Removed).removed
+        return self._call("POST", path, {"reason": reason}, Restored).removed
 
     def overrides(self) -> list[OverrideInfo]:
-        return self._call("GET", "/v1/admin/overrides", None, _Overrides).data
+        return self._call("GET", "/v1/admin/overrides", None, OverrideList).data
 
     def pin(self, model: str, backend_id: str, reason: str, ttl_s: float | None) -> OverrideInfo:
         body: dict[str, object] = {"kind": "pin", "model": model, "backend": backend_id}
@@ -179,7 +136,7 @@ class AdminClient:
             "limit": str(limit),
         }
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        return self._call("GET", f"/v1/admin/audit?{query}", None, _Audit).data
+        return self._call("GET", f"/v1/admin/audit?{query}", None, AuditEvents).data
 
     def buffer(self) -> LiveBufferReport:
         return self._call("GET", "/v1/admin/buffer", None, LiveBufferReport)

@@ -16,6 +16,13 @@ from quart import Blueprint, Response, request
 
 from appliance.auth.admin import AdminTokens, Role
 from appliance.errors import InvalidJson, InvalidRequest
+from appliance.http.admin_shapes import (
+    BackendList,
+    BackendState,
+    OverrideList,
+    OverrideView,
+    Restored,
+)
 from appliance.http.context import request_context
 from appliance.routing.overrides import Override
 from appliance.routing.ports import BackendView, RoutingControl
@@ -24,7 +31,8 @@ _JSON = "application/json"
 _MAX_REASON = 1000
 _MAX_TTL_S = 366 * 86400  # "until cleared" is `null`; a huge number is more likely a typo
 
-Reason = Annotated[str, Meta(max_length=_MAX_REASON)]
+# Not blank: checked after decoding, with a message that says why (the schema says it too).
+Reason = Annotated[str, Meta(max_length=_MAX_REASON, extra_json_schema={"pattern": r"\S"})]
 Ttl = Annotated[float, Meta(gt=0, le=_MAX_TTL_S)]
 
 
@@ -62,7 +70,7 @@ class RestoreBody(_Body):
 
 
 class PinBody(_Body):
-    kind: str
+    kind: Annotated[str, Meta(extra_json_schema={"enum": ["pin"]})]  # others: a 400 that helps
     model: Annotated[str, Meta(min_length=1)]
     backend: Annotated[str, Meta(min_length=1)]
     ttl_s: Ttl | None = None
@@ -97,7 +105,7 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
     @bp.get("/v1/admin/backends")
     async def list_backends() -> Response:
         actor("viewer")
-        return _json({"data": [render_backend(b) for b in control.backends()]})
+        return _json(BackendList([render_backend(b) for b in control.backends()]))
 
     @bp.post("/v1/admin/backends/<backend_id>/degrade")
     async def degrade(backend_id: str) -> Response:
@@ -118,12 +126,12 @@ def admin_blueprint(control: RoutingControl, tokens: AdminTokens) -> Blueprint:
         who = actor("operator")
         body = await parse_body(RestoreBody)
         removed = await control.restore(backend_id, body.reason, who)
-        return _json({"removed": [render_override(o) for o in removed]})
+        return _json(Restored([render_override(o) for o in removed]))
 
     @bp.get("/v1/admin/overrides")
     async def list_overrides() -> Response:
         actor("viewer")
-        return _json({"data": [render_override(o) for o in control.overrides()]})
+        return _json(OverrideList([render_override(o) for o in control.overrides()]))
 
     @bp.post("/v1/admin/overrides")
     async def create_override() -> Response:
@@ -154,34 +162,33 @@ def authorize(tokens: AdminTokens, need: Role) -> str:
     return token_id
 
 
-def render_override(override: Override) -> dict[str, object]:
-    """The one JSON shape of an override; times are unix seconds, as OpenAI's `created`."""
-    return {
-        "id": override.id,
-        "kind": override.kind.value,
-        "backend": override.backend,
-        "model": override.model,
-        "factor": override.factor,
-        "reason": override.reason,
-        "actor": override.actor,
-        "created_at": override.created_at,
-        "expires_at": override.expires_at,
-    }
+def render_override(override: Override) -> OverrideView:
+    return OverrideView(
+        id=override.id,
+        kind=override.kind.value,
+        backend=override.backend,
+        model=override.model,
+        factor=override.factor,
+        reason=override.reason,
+        actor=override.actor,
+        created_at=override.created_at,
+        expires_at=override.expires_at,
+    )
 
 
-def render_backend(backend: BackendView) -> dict[str, object]:
-    return {
-        "id": backend.id,
-        "models": list(backend.models),
-        "weight": backend.weight,
-        "effective_weight": backend.effective_weight,
-        "health": backend.health,
-        "inflight": backend.inflight,
-        "max_concurrency": backend.max_concurrency,
-        "ewma_latency_ms": backend.ewma_latency_ms,
-        "ejections": backend.ejections,
-        "override": None if backend.override is None else render_override(backend.override),
-    }
+def render_backend(backend: BackendView) -> BackendState:
+    return BackendState(
+        id=backend.id,
+        models=list(backend.models),
+        weight=backend.weight,
+        effective_weight=backend.effective_weight,
+        health=backend.health,
+        inflight=backend.inflight,
+        max_concurrency=backend.max_concurrency,
+        ewma_latency_ms=backend.ewma_latency_ms,
+        ejections=backend.ejections,
+        override=None if backend.override is None else render_override(backend.override),
+    )
 
 
 async def parse_body(kind: type[_B], *, reason_from_query: bool = False) -> _B:

@@ -4,7 +4,7 @@ live, keep running on the old config (and say why) when the file is invalid."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 from quart import Blueprint, Response
@@ -21,6 +21,13 @@ _MAX_PROBLEMS = 20
 
 class Reloader(Protocol):
     async def reload_file(self) -> ReloadResult: ...
+
+
+class Reloaded(msgspec.Struct, frozen=True):
+    status: Literal["applied"]
+    source: str  # the file, or etcd
+    revision: int
+    restart_needed: list[str]  # static sections the file changed: they wait for a restart
 
 
 def config_blueprint(
@@ -46,12 +53,7 @@ def config_blueprint(
         _log.info("config_reload_requested", actor=token_id)
         if on_reloaded is not None:
             on_reloaded()
-        body = {
-            "status": "applied",
-            "source": result.source,
-            "revision": result.revision,
-            "restart_needed": result.restart_needed,
-        }
+        body = Reloaded("applied", result.source, result.revision, result.restart_needed)
         return Response(msgspec.json.encode(body), content_type="application/json")
 
     return bp

@@ -13,6 +13,7 @@ from appliance.errors import (
     RouterError,
     StoreUnavailable,
 )
+from appliance.http.api_routes import OPERATIONS
 from appliance.http.context import request_context
 from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import get_logger
@@ -56,10 +57,8 @@ def install_error_handlers(app: Quart) -> None:
         return render(catalog_error(error, request_context(request.scope).request_id))
 
 
-SERVED = (
-    "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, POST /v1/responses, "
-    "GET /v1/models, GET /v1/models/{model}, GET /v1/usage/{id}"
-)
+# The public routes an org key may call, as the OpenAPI document lists them.
+SERVED = ", ".join(f"{op.method.upper()} {op.path}" for op in OPERATIONS if op.auth == "api_key")
 
 
 def _not_served(method: str, path: str) -> str:

@@ -21,7 +21,7 @@ from appliance.http.errors import catalog_error
 from appliance.http.inference import Answer, InferenceHandler
 from appliance.upstream.payload import Endpoint
 
-_ROUTES: Mapping[str, Endpoint] = {endpoint.route: endpoint for endpoint in Endpoint}
+ROUTES: Mapping[str, Endpoint] = {endpoint.route: endpoint for endpoint in Endpoint}
 
 
 class InferenceFastPath:
@@ -33,7 +33,7 @@ class InferenceFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = (
-            _ROUTES.get(scope["path"])
+            ROUTES.get(scope["path"])
             if scope["type"] == "http" and scope["method"] == "POST"
             else None
         )

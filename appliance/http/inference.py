@@ -14,6 +14,7 @@ from quart import Blueprint, Response, request
 from appliance.auth.keyring import Principal
 from appliance.errors import ModelNotFound, UsageBufferFull
 from appliance.http.context import RequestContext, request_context
+from appliance.http.openai_shapes import Model, ModelList
 from appliance.limits.limiter import Limiter, Permit
 from appliance.limits.policy import estimate_tokens
 from appliance.routing.engine import Decision
@@ -108,14 +109,14 @@ def inference_blueprint(get_runtime: Callable[[], Runtime]) -> Blueprint:
 
     @bp.get("/v1/models")
     async def models() -> Response:
-        data = [_model(name) for name in visible()]
-        return Response(msgspec.json.encode({"object": "list", "data": data}), content_type=_JSON)
+        data = [Model(name) for name in visible()]
+        return Response(msgspec.json.encode(ModelList(data=data)), content_type=_JSON)
 
     @bp.get("/v1/models/<path:model_id>")  # path: model names may hold "/" (org/model)
     async def model(model_id: str) -> Response:
         if model_id not in visible():  # unknown and forbidden answer alike
             raise _no_such_model(model_id[:200])
-        return Response(msgspec.json.encode(_model(model_id)), content_type=_JSON)
+        return Response(msgspec.json.encode(Model(model_id)), content_type=_JSON)
 
     return bp
 
@@ -125,10 +126,6 @@ def _no_such_model(name: str) -> ModelNotFound:
     return ModelNotFound(
         f"The model '{name}' does not exist or you do not have access to it.", param="model"
     )
-
-
-def _model(name: str) -> dict[str, object]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "routerctl"}
 
 
 def _hooks(context: RequestContext) -> RequestHooks:

@@ -24,6 +24,7 @@ from appliance.auth.admin import ADMIN_TOKEN_PREFIX, AdminTokens
 from appliance.auth.keyring import bearer_token
 from appliance.errors import InvalidApiKey, InvalidRequest, UsageRecordNotFound
 from appliance.http.admin import authorize
+from appliance.http.admin_shapes import AuditEvents, AuditEventView
 from appliance.http.context import request_context
 from appliance.runtime import Runtime
 
@@ -75,7 +76,7 @@ def lookup_blueprint(
             until=query.until,
             limit=query.limit,
         )
-        return _json({"data": [render_event(e) for e in events]})
+        return _json(AuditEvents([render_event(e) for e in events]))
 
     # `path`: an id with a slash is malformed, and gets the same 404 as any other bad id.
     @bp.get("/v1/usage/<path:request_id>")
@@ -156,22 +157,21 @@ def iso_time(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-def render_event(event: AuditEvent) -> dict[str, object]:
-    """The one JSON shape of an audit event; `time` is unix seconds, `time_iso` the same in UTC."""
-    return {
-        "id": event.id,
-        "kind": event.kind,
-        "time": event.time,
-        "time_iso": iso_time(event.time),
-        "actor": event.actor,
-        "org": event.org,
-        "key_id": event.key_id,
-        "request_id": event.request_id,
-        "subject": event.subject,
-        "reason": event.reason,
-        "before": event.before,
-        "after": event.after,
-    }
+def render_event(event: AuditEvent) -> AuditEventView:
+    return AuditEventView(
+        id=event.id,
+        kind=event.kind,
+        time=event.time,
+        time_iso=iso_time(event.time),
+        actor=event.actor,
+        org=event.org,
+        key_id=event.key_id,
+        request_id=event.request_id,
+        subject=event.subject,
+        reason=event.reason,
+        before=event.before,
+        after=event.after,
+    )
 
 
 def _time_param(values: dict[str, str], name: str) -> float | None:

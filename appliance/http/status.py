@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
+import msgspec
 from quart import Blueprint, Response
-from quart import json as quart_json
 
 from appliance import BUILD
-from appliance.readiness import Readiness
+from appliance.readiness import ComponentStatus, Readiness
+
+_JSON = "application/json"
 
 
-def _build() -> dict[str, str]:
-    return {"version": BUILD.version, "commit": BUILD.commit, "build_time": BUILD.build_time}
+class Build(msgspec.Struct, frozen=True):
+    version: str
+    commit: str
+    build_time: str
+
+
+class Liveness(msgspec.Struct, frozen=True):
+    status: Literal["healthy"]
+    timestamp: str  # ISO-8601, UTC
+    build: Build
+
+
+class Ready(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`details` (why a component is unhealthy) and `shutting_down` appear only when set."""
+
+    status: Literal["ready", "degraded"]
+    components: dict[str, ComponentStatus]
+    build: Build
+    timestamp: str
+    details: dict[str, str] = {}
+    shutting_down: bool = False
+
+
+def _build() -> Build:
+    return Build(BUILD.version, BUILD.commit, BUILD.build_time)
 
 
 def _now() -> str:
@@ -23,26 +49,25 @@ def status_blueprint(readiness: Readiness) -> Blueprint:
     bp = Blueprint("status", __name__)
 
     @bp.get("/v1/status/healthz")
-    async def healthz() -> dict[str, object]:
-        return {"status": "healthy", "timestamp": _now(), "build": _build()}
+    async def healthz() -> Response:
+        body = Liveness("healthy", _now(), _build())
+        return Response(msgspec.json.encode(body), content_type=_JSON)
 
     @bp.get("/v1/status/readyz")
     async def readyz() -> Response:
         report = await readiness.check()
-        body: dict[str, object] = {
-            "status": "ready" if report.ready else "degraded",
-            "components": report.components,
-            "build": _build(),
-            "timestamp": _now(),
-        }
-        if report.details:
-            body["details"] = report.details
-        if report.shutting_down:
-            body["shutting_down"] = True
+        body = Ready(
+            status="ready" if report.ready else "degraded",
+            components=report.components,
+            build=_build(),
+            timestamp=_now(),
+            details=report.details,
+            shutting_down=report.shutting_down,
+        )
         return Response(
-            quart_json.dumps(body),
+            msgspec.json.encode(body),
             status=200 if report.ready else 503,
-            content_type="application/json",
+            content_type=_JSON,
             headers={"cache-control": "no-store"},
         )
 

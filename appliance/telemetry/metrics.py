@@ -24,6 +24,7 @@ KNOWN_ROUTES = frozenset(
         "/v1/models",
         "/v1/status/healthz",
         "/v1/status/readyz",
+        "/v1/openapi.json",
         "/v1/admin/backends",
         "/v1/admin/overrides",
         "/v1/admin/audit",

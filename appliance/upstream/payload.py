@@ -201,7 +201,7 @@ def _max_tokens(payload: dict[str, Any], names: tuple[str, ...]) -> int | None:
 # OpenAI's sampling fields: (what the value must be, its range or None). A wrong type is
 # refused here, as OpenAI refuses it, rather than passed to a backend that may ignore it.
 _NUMBER = (int, float)
-_SAMPLING: tuple[tuple[str, tuple[type, ...], str, tuple[float, float] | None], ...] = (
+SAMPLING: tuple[tuple[str, tuple[type, ...], str, tuple[float, float] | None], ...] = (
     ("temperature", _NUMBER, "a number", (0, 2)),
     ("top_p", _NUMBER, "a number", (0, 1)),
     ("presence_penalty", _NUMBER, "a number", (-2, 2)),
@@ -215,7 +215,7 @@ _SAMPLING: tuple[tuple[str, tuple[type, ...], str, tuple[float, float] | None], 
 
 
 def _check_sampling(payload: dict[str, Any]) -> None:
-    for name, types, kind, bounds in _SAMPLING:
+    for name, types, kind, bounds in SAMPLING:
         value = payload.get(name)
         if value is None:
             continue
