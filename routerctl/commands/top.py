@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -51,17 +53,33 @@ def top(
         if as_json:
             print_json(dataclasses.asdict(shown))
         else:
-            Console(markup=False).print(_render(shown, client.url))
+            _console().print(_render(shown, client.url))
         return
+    console = _console()
     try:
+        if not console.is_terminal:  # piped or logged: one frame per interval, like top -b
+            for shown in _frames(scrape_url, client, interval, before):
+                console.print(_render(shown, client.url))
+                console.print()
         with Live(Group(), refresh_per_second=4, screen=False) as live:
-            while True:
-                time.sleep(interval)
-                after = _scrape(scrape_url)
-                live.update(_render(view(before, after, _backends(client)), client.url))
-                before = after
+            for shown in _frames(scrape_url, client, interval, before):
+                live.update(_render(shown, client.url))
     except KeyboardInterrupt:
         return
+
+
+def _frames(url: str, client: AdminClient, interval: float, before: Sample) -> Iterator[View]:
+    """A view per interval, until Ctrl-C."""
+    while True:
+        time.sleep(interval)
+        after = _scrape(url)
+        yield view(before, after, _backends(client))
+        before = after
+
+
+def _console() -> Console:
+    # Off a terminal, rich would cut the table to 80 columns: a log line may be wider.
+    return Console(markup=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _scrape(url: str) -> Sample:

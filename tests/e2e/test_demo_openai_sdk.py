@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -16,7 +18,7 @@ import openai
 import pytest
 
 from appliance.demo import DEMO_KEY
-from tests.e2e.cli import RouterProcess, free_port, router_process, run_cli
+from tests.e2e.cli import RouterProcess, free_port, router_process, routerctl_command, run_cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -26,6 +28,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     tmp = tmp_path_factory.mktemp("demo")
     metrics = f"127.0.0.1:{free_port()}"
     with router_process(["--demo", "--metrics-listen", metrics], tmp) as router:
+        router.metrics_url = f"http://{metrics}/metrics"  # type: ignore[attr-defined]
         yield router
 
 
@@ -186,3 +189,61 @@ def test_doctor_checks_the_running_demo(demo: RouterProcess) -> None:
     nothing = run_cli("doctor", "--url", f"http://127.0.0.1:{free_port()}")
     assert nothing.returncode == 1
     assert "cannot reach router" in nothing.stdout
+
+
+def _tour() -> list[str]:
+    """The README's operator block: its command lines, comments dropped."""
+    text = README.read_text()
+    match = re.search(r"```bash\n(export ROUTERCTL_URL=.*?)```", text, flags=re.S)
+    assert match, "README has no operator tour block"
+    lines = [line.split("  #")[0].strip() for line in match.group(1).splitlines()]
+    return [line for line in lines if line]
+
+
+def _top_first_frame(argv: list[str], env: dict[str, str]) -> str:
+    """`routerctl top` as written runs until Ctrl-C: read its first frame, then interrupt."""
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as process:
+        try:
+            assert process.stdout is not None
+            seen = [line for line, _ in zip(process.stdout, range(12), strict=False)]
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=10)
+        finally:
+            process.kill()
+    return "".join(seen)
+
+
+def test_readme_operator_tour_runs_as_written(demo: RouterProcess) -> None:
+    """Every command of the README's operator tour (export, backend list, degrade, override,
+    audit, doctor, top, restore), run as written against the demo, succeeds and shows what
+    its comment promises."""
+    lines = _tour()
+    assert lines[0].startswith("export ROUTERCTL_URL=http://127.0.0.1:8080 ")
+    exported = dict(pair.split("=", 1) for pair in lines[0].removeprefix("export ").split())
+    env = {
+        **os.environ,
+        **exported,
+        "ROUTERCTL_URL": demo.url,  # the README's port is the demo's default; here a free one
+        "ROUTERCTL_METRICS_URL": demo.metrics_url,  # type: ignore[attr-defined]
+    }
+    outputs: dict[str, str] = {}
+    for line in lines[1:]:
+        argv = shlex.split(line)
+        assert argv[0] == "routerctl", line
+        argv = [*routerctl_command(), *argv[1:]]
+        if line == "routerctl top":
+            outputs["top"] = _top_first_frame(argv, env)
+            continue
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env=env, check=False
+        )
+        assert done.returncode == 0, f"{line}: {done.stdout}{done.stderr}"
+        outputs[shlex.split(line)[1]] = outputs.get(shlex.split(line)[1], "") + done.stdout
+    assert "mock-a" in outputs["backend"]
+    assert "drill" in outputs["override"]
+    assert "backend.degrade" in outputs["audit"]
+    assert "mock-a" in outputs["doctor"]
+    assert "BACKEND" in outputs["top"], outputs["top"]
+    assert "mock-a" in outputs["top"], outputs["top"]
