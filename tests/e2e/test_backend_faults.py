@@ -165,7 +165,8 @@ async def test_backend_sigkilled_under_load(
         victim.kill()
         after_kill = 400 - len(tally.outcomes)
         await loader
-    cut = [o for o in tally.errors if o.kind == "error_event"]
+        cut = [o for o in tally.errors if o.kind == "error_event"]
+        records = [await usage_record(router.url, KEY, o.request_id) for o in cut]
     unstarted = [o for o in tally.errors if o.kind != "error_event"]
     figures.add("requests", len(tally.outcomes))
     figures.add("sent after the kill", after_kill)
@@ -175,6 +176,7 @@ async def test_backend_sigkilled_under_load(
     assert after_kill >= 200
     assert unstarted == []
     assert all(o.error_code == "upstream_stream_broken" for o in cut)
+    assert all(r["partial"] is True for r in records)
 
 
 @pytest.mark.reliability("2.2", "1 of 3 backends hung (accepts, never answers)")
