@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import TypeVar
 
 import msgspec
 import pytest
 
-from appliance.auth.keyring import hash_key
 from tests.e2e.cli import RouterProcess, router_process
-from tests.e2e.traffic import Tally, chat, drive, rss_mb
+from tests.e2e.traffic import Tally, chat, drive, rss_mb, write_config
+from tests.integration.test_router_limits import read_all
 from tests.reliability import Figures
 
 KEY = "rk-e2e-abusive-clients"
@@ -35,40 +35,11 @@ T = TypeVar("T")
 def router(mock_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     """One router process for the module; short head and body deadlines keep attacks short."""
     tmp = tmp_path_factory.mktemp("abuse")
-    path = tmp / "router.toml"
-    path.write_text(
-        f"""
-[server]
-metrics_listen = ""
-max_body_bytes = {MAX_BODY}
-header_timeout_s = {HEADER_TIMEOUT_S}
-body_read_timeout_s = {BODY_TIMEOUT_S}
-graceful_shutdown_s = 1
-
-[state]
-dir = "{tmp / "state"}"
-
-[telemetry]
-access_log = false
-log_level = "error"
-
-[[backends]]
-id = "mock"
-url = "{mock_url}"
-
-[[models]]
-name = "m"
-backends = [{{ backend = "mock" }}]
-
-[[orgs]]
-id = "acme"
-
-[[keys]]
-id = "k"
-org = "acme"
-sha256 = "{hash_key(KEY)}"
-"""
+    limits = (
+        f"max_body_bytes = {MAX_BODY}\nheader_timeout_s = {HEADER_TIMEOUT_S}\n"
+        f"body_read_timeout_s = {BODY_TIMEOUT_S}"
     )
+    path = write_config(tmp, [mock_url], KEY, server=limits)
     with router_process(["--config", str(path)], tmp) as running:
         yield running
 
@@ -78,16 +49,6 @@ def status_of(answer: bytes) -> int:
     if not answer.startswith(b"HTTP/1.1 "):
         return 0
     return int(answer.split(b" ", 2)[1])
-
-
-async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
-    data = b""
-    try:
-        while chunk := await reader.read(65536):
-            data += chunk
-    except ConnectionError:
-        pass
-    return data
 
 
 def head(framing: str, extra: str = "") -> bytes:
@@ -100,7 +61,7 @@ def head(framing: str, extra: str = "") -> bytes:
 async def send_then_read(port: int, parts: AsyncIterator[bytes]) -> tuple[int, int]:
     """Send `parts` until the router answers or closes; (status, bytes sent)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    answer = asyncio.create_task(read_until_closed(reader))
+    answer = asyncio.create_task(read_all(reader))
     sent = 0
     try:
         async for part in parts:
@@ -158,7 +119,7 @@ def report_normal(figures: Figures, normal: Tally) -> None:
     assert normal.errors == []
 
 
-async def gather_all(attacks: list[Awaitable[T]]) -> list[T]:
+async def gather_all(attacks: Sequence[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*attacks))
 
 
@@ -300,7 +261,7 @@ async def exchange(port: int, data: bytes) -> list[tuple[int, dict[bytes, bytes]
     try:
         writer.write(data)
         await writer.drain()
-        raw = await asyncio.wait_for(read_until_closed(reader), WIRE_TIMEOUT_S)
+        raw = await asyncio.wait_for(read_all(reader), WIRE_TIMEOUT_S)
     finally:
         writer.close()
     return answers_of(raw)

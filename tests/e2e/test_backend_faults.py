@@ -20,9 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from appliance.auth.keyring import hash_key
 from tests.e2e.cli import MockProcess, RouterProcess, router_process
-from tests.e2e.traffic import Payload, Tally, chat, drive, rss_mb, usage_record
+from tests.e2e.traffic import Payload, Tally, chat, drive, rss_mb, usage_record, write_config
 from tests.reliability import Figures
 
 KEY = "rk-e2e-backend-faults"
@@ -78,41 +77,9 @@ def configure(mock: MockProcess, **changes: object) -> None:
         assert response.status == 200
 
 
-def config(tmp: Path, mocks: list[MockProcess], backend_extra: str = "") -> Path:
-    backends = "".join(
-        f'[[backends]]\nid = "b{n}"\nurl = "{m.url}"\n{backend_extra}\n'
-        for n, m in enumerate(mocks)
-    )
-    routes = ", ".join(f'{{ backend = "b{n}" }}' for n in range(len(mocks)))
-    path = tmp / "router.toml"
-    path.write_text(
-        f"""
-[server]
-metrics_listen = ""
-graceful_shutdown_s = 1
-
-[state]
-dir = "{tmp / "state"}"
-
-[telemetry]
-access_log = false
-log_level = "error"
-{ROUTING}
-{backends}
-[[models]]
-name = "m"
-backends = [{routes}]
-
-[[orgs]]
-id = "acme"
-
-[[keys]]
-id = "k"
-org = "acme"
-sha256 = "{hash_key(KEY)}"
-"""
-    )
-    return path
+def config(tmp: Path, mocks: list[MockProcess], backend: str = "") -> Path:
+    """The router over the fleet; `backend` goes in every backend's table."""
+    return write_config(tmp, [m.url for m in mocks], KEY, extra=ROUTING, backend=backend)
 
 
 def stats(mock: MockProcess) -> dict[str, Any]:

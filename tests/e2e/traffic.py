@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
+from appliance.auth.keyring import hash_key
+
 Payload = Callable[[int], dict[str, object]]  # request number -> chat body
 
 
@@ -39,6 +41,48 @@ class Tally:
 
     def p99_ms(self) -> float:
         return p99_ms([o.seconds for o in self.outcomes])
+
+
+def write_config(
+    tmp: Path, urls: list[str], key: str, *, server: str = "", extra: str = "", backend: str = ""
+) -> Path:
+    """A router config: model `m` over backends b0, b1, ... at `urls`, one org and `key`,
+    no metrics listener or access log; `server` goes in [server], `backend` in each backend's
+    table, `extra` at the top level."""
+    backends = "".join(
+        f'[[backends]]\nid = "b{n}"\nurl = "{url}"\n{backend}\n\n' for n, url in enumerate(urls)
+    )
+    routes = ", ".join(f'{{ backend = "b{n}" }}' for n in range(len(urls)))
+    path = tmp / "router.toml"
+    path.write_text(
+        f"""
+[server]
+metrics_listen = ""
+graceful_shutdown_s = 1
+{server}
+
+[state]
+dir = "{tmp / "state"}"
+
+[telemetry]
+access_log = false
+log_level = "error"
+{extra}
+{backends}
+[[models]]
+name = "m"
+backends = [{routes}]
+
+[[orgs]]
+id = "acme"
+
+[[keys]]
+id = "k"
+org = "acme"
+sha256 = "{hash_key(key)}"
+"""
+    )
+    return path
 
 
 def p99_ms(seconds: list[float]) -> float:
