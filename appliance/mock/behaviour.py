@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final, Literal
 
-from appliance.mock.directives import NONE, Directives, parse_directives
+from appliance.mock.directives import Directives, parse_directives
 from appliance.mock.errors import MockError
 
 DEFAULT_COMPLETION_TOKENS: Final = 16
@@ -142,7 +142,7 @@ def _messages(body: dict[str, object]) -> list[dict[str, object]]:
     return messages
 
 
-def plan_chat(body: object) -> Plan:
+def plan_chat(body: object, defaults: str = "") -> Plan:
     """Validate a /v1/chat/completions body and decide the answer."""
     doc = _object(body)
     model = _model(doc)
@@ -151,7 +151,7 @@ def plan_chat(body: object) -> Plan:
     max_tokens = _positive_int(doc, "max_completion_tokens") or _positive_int(doc, "max_tokens")
     texts = [content_text(message.get("content")) for message in messages]
     users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
-    directives = parse_directives(users[-1]) if users else NONE
+    directives = parse_directives(users[-1] if users else "", defaults)
     n, finish = completion_size(max_tokens, directives)
     prompt_tokens = max(1, sum(count_words(text) for text in texts))
     return Plan("chat", model, stream, include_usage, prompt_tokens, n, finish, directives)
@@ -184,7 +184,7 @@ def _text_or_tokens(value: object, param: str) -> tuple[list[bytes], int, str]:
     return keys, tokens, "\n".join(texts)
 
 
-def plan_completion(body: object) -> Plan:
+def plan_completion(body: object, defaults: str = "") -> Plan:
     """Validate a /v1/completions body and decide the answer."""
     doc = _object(body)
     model = _model(doc)
@@ -192,12 +192,12 @@ def plan_completion(body: object) -> Plan:
         raise _invalid("'prompt' is required", "prompt")
     _keys, tokens, text = _text_or_tokens(doc["prompt"], "prompt")
     stream, include_usage = _stream_flags(doc)
-    directives = parse_directives(text)
+    directives = parse_directives(text, defaults)
     n, finish = completion_size(_positive_int(doc, "max_tokens"), directives)
     return Plan("completion", model, stream, include_usage, max(1, tokens), n, finish, directives)
 
 
-def plan_embeddings(body: object) -> EmbeddingPlan:
+def plan_embeddings(body: object, defaults: str = "") -> EmbeddingPlan:
     """Validate a /v1/embeddings body and decide the answer."""
     doc = _object(body)
     model = _model(doc)
@@ -210,7 +210,7 @@ def plan_embeddings(body: object) -> EmbeddingPlan:
     encoding = doc.get("encoding_format", "float")
     if encoding not in ("float", "base64", None):
         raise _invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format")
-    directives = parse_directives(text)
+    directives = parse_directives(text, defaults)
     return EmbeddingPlan(
         model, tuple(keys), max(1, tokens), dimensions, encoding == "base64", directives
     )

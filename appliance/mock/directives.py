@@ -79,12 +79,15 @@ def _float_value(name: str, value: str | None) -> float:
     return number
 
 
-def parse_directives(text: str) -> Directives:
+def parse_directives(text: str, defaults: str = "") -> Directives:
     """Collect every directive in `text`; later ones override earlier ones of the same name.
+    `defaults` (the live config's `directives`) come first, so the request's own win.
 
     Unknown names and malformed values raise a 400 `MockError`, so a typo in a drill fails loudly
     instead of silently running the happy path.
     """
+    if defaults:
+        text = f"{defaults} {text}"
     if _MARKER not in text:  # fast path: load tests never pay for the regex
         return NONE
     ints: dict[str, int] = {}

@@ -96,17 +96,17 @@ class Inference:
     async def embeddings(self, _request: web.Request) -> web.StreamResponse:
         """POST /v1/embeddings."""
         try:
-            plan = plan_embeddings(request_body())
+            plan = plan_embeddings(request_body(), self._state.config.directives)
         except MockError as exc:
             return error_response(exc)
         fault = await self._faults(plan.directives, stream=False)
         return fault if fault is not None else json_response(shapes.embeddings(plan))
 
     async def _complete(
-        self, request: web.Request, planner: Callable[[object], Plan], prefix: str
+        self, request: web.Request, planner: Callable[[object, str], Plan], prefix: str
     ) -> web.StreamResponse:
         try:
-            plan = planner(request_body())
+            plan = planner(request_body(), self._state.config.directives)
         except MockError as exc:
             return error_response(exc)
         fault = await self._faults(plan.directives, stream=plan.stream)

@@ -29,7 +29,7 @@ _BAD_INPUT: Final = "'input' must be a string or a non-empty array of input item
 _encode: Final = msgspec.json.Encoder().encode
 
 
-def plan_responses(body: object) -> Plan:
+def plan_responses(body: object, defaults: str = "") -> Plan:
     """Validate a /v1/responses body and decide the answer."""
     if not isinstance(body, dict):
         raise MockError(400, "The request body must be a JSON object.")
@@ -46,7 +46,7 @@ def plan_responses(body: object) -> Plan:
         raise MockError(400, why, param="max_output_tokens")
     instructions = body.get("instructions")
     words = count_words(instructions) if isinstance(instructions, str) else 0
-    directives = parse_directives(last_user)
+    directives = parse_directives(last_user, defaults)
     n, finish = completion_size(limit, directives)
     prompt_tokens = max(1, words + sum(count_words(text) for text in texts))
     return Plan("responses", model, stream, True, prompt_tokens, n, finish, directives)

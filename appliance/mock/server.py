@@ -105,9 +105,9 @@ class MockBackend:
         """The live behaviour (immutable snapshot; change it with `configure`)."""
         return self._state.config
 
-    def configure(self, **changes: float) -> MockConfig:
-        """Change latency_ms / fail_rate / tokens_per_s / fail_status live, like POST
-        /_mock/config."""
+    def configure(self, **changes: float | str) -> MockConfig:
+        """Change latency_ms / fail_rate / tokens_per_s / fail_status / directives live, like
+        POST /_mock/config."""
         try:
             self._state.config = self._state.config.patched(changes)
         except MockError as exc:

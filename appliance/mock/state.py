@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Final
 
-from appliance.mock.directives import MAX_DELAY_MS
+from appliance.mock.directives import MAX_DELAY_MS, parse_directives
 from appliance.mock.errors import MockError
 
 REQUEST_LOG_SIZE: Final = 50
@@ -28,8 +28,17 @@ class MockConfig:
     fail_rate: float = 0.0
     tokens_per_s: float = 0.0
     fail_status: int = 500  # the status of a fail_rate failure, e.g. 429 or 503
+    # Directives applied to every inference request (its own override them by name): one
+    # backend of several can hang, break or answer garbage while its peers stay healthy.
+    directives: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.directives, str):
+            raise TypeError("directives must be a string")
+        try:
+            parse_directives(self.directives)
+        except MockError as exc:
+            raise ValueError(exc.message) from None
         status = self.fail_status
         if isinstance(status, bool) or not isinstance(status, int):
             raise TypeError("fail_status must be an integer")
@@ -43,20 +52,21 @@ class MockConfig:
             if not 0.0 <= value <= limit:
                 raise ValueError(f"{name} must be between 0 and {limit:g}, got {value!r}")
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | str]:
         """The JSON form returned by /_mock/config."""
         return {
             "latency_ms": self.latency_ms,
             "fail_rate": self.fail_rate,
             "tokens_per_s": self.tokens_per_s,
             "fail_status": self.fail_status,
+            "directives": self.directives,
         }
 
     def patched(self, patch: object) -> MockConfig:
         """A copy with the fields of a /_mock/config body applied; bad bodies raise a 400."""
         if not isinstance(patch, dict):
             raise MockError(400, "config body must be a JSON object")
-        known = {*_LIMITS, "fail_status"}
+        known = {*_LIMITS, "fail_status", "directives"}
         unknown = sorted(str(key) for key in patch if key not in known)
         if unknown:
             raise MockError(400, f"unknown config fields {unknown}; known: {sorted(known)}")

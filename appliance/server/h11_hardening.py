@@ -9,6 +9,8 @@
 - A request head must be complete `header_timeout_s` after its first byte, else 408.
 - What the parser refuses (431, bad characters, no Host, conflicting lengths) is answered in
   the catalog's shape with a fresh x-request-id, like every other error.
+- A connection closed while the client may still be sending lingers (lingering_close.py):
+  what arrives after the close is dropped here, never parsed.
 
 hypercorn has no plug-in point for protocols: `install()` swaps the class its ProtocolWrapper
 instantiates, after checking this is the hypercorn whose internals the overrides were
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -30,17 +33,19 @@ from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
 from appliance.errors import HeadersTooLarge, InvalidRequest, RequestTimeout, RouterError
+from appliance.server import lingering_close
 from appliance.server.startup_error import StartupError
 from appliance.telemetry.logging import get_logger
 
 WRITTEN_FOR = "0.18.0"
 # The internals overridden below, by the names hypercorn's code uses for them.
-_HOOKS = {
+_HOOKS: dict[Callable[..., object], tuple[str, ...]] = {
     hypercorn.protocol.ProtocolWrapper.__init__: ("H11Protocol",),
-    H11Protocol.__init__: ("connection",),
+    H11Protocol.__init__: ("connection", "send"),
     H11Protocol._handle_events: ("next_event", "_check_protocol", "_send_error_response"),
     H11Protocol.handle: ("receive_data", "_handle_events"),
     H11Protocol._send_error_response: ("_send_h11_event",),
+    **lingering_close.HOOKS,
 }
 _HTTP_1 = frozenset({b"1.0", b"1.1"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -65,6 +70,11 @@ def install() -> None:
     except metadata.PackageNotFoundError:
         version = None  # a PyInstaller binary may not carry the metadata; the hooks decide
     check_hypercorn(version)
+    if not lingering_close.install():
+        raise StartupError(
+            f"hypercorn {version or '(unknown version)'}'s runner no longer creates connections "
+            f"as routerctl's HTTP/1.1 hardening expects; install hypercorn=={WRITTEN_FOR}"
+        )
     hypercorn.protocol.H11Protocol = HardenedH11Protocol  # type: ignore[attr-defined]
 
 
@@ -151,8 +161,17 @@ class HardenedH11Protocol(H11Protocol):
             self.config.header_timeout_s if isinstance(self.config, HardenedConfig) else None
         )
         self._head_timer: asyncio.TimerHandle | None = None
+        self._to_server, self.send = self.send, self._send
+        self._closing = False
+
+    async def _send(self, event: Event) -> None:
+        if isinstance(event, Closed):
+            self._closing = True
+        await self._to_server(event)
 
     async def handle(self, event: Event) -> None:
+        if self._closing and isinstance(event, RawData):
+            return  # the connection lingers after the close: drop, never parse or buffer
         await super().handle(event)
         if isinstance(event, RawData):
             self._watch_head()

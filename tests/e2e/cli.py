@@ -105,32 +105,65 @@ def _wait_healthy(router: RouterProcess, timeout: float = 20) -> None:
     raise RuntimeError(f"router not healthy in {timeout}s:\n{router.output()}")
 
 
+class MockProcess:
+    """`routerctl mock-backend` as its own process on a fixed port: started, SIGKILLed and
+    started again on the same port (a backend that dies and comes back)."""
+
+    def __init__(self, tmp: Path, command: Sequence[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._tmp = tmp
+        self._command = command
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        """Start the process; `wait_ready` waits for it (several can start at once)."""
+        log = self._tmp / f"mock-{self.port}.log"
+        with log.open("a") as sink:
+            self.process = subprocess.Popen(
+                [*(self._command or routerctl_command()), "mock-backend", "--port", str(self.port)],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a group of its own: see kill_group
+            )
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                break
+            try:
+                with _HTTP.open(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError((self._tmp / f"mock-{self.port}.log").read_text())
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, connections cut by the kernel."""
+        if self.process is not None:
+            kill_group(self.process)
+
+    def stop(self) -> None:
+        if self.process is None or not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            kill_group(self.process)
+
+
 @contextmanager
 def mock_backend_process(tmp: Path, command: Sequence[str] | None = None) -> Iterator[str]:
     """`routerctl mock-backend` as its own process; yields its base URL (with /v1)."""
-    port = free_port()
-    log = tmp / f"mock-{port}.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [*(command or routerctl_command()), "mock-backend", "--port", str(port)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a group of its own: see kill_group
-        )
+    mock = MockProcess(tmp, command)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with _HTTP.open(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError(log.read_text())
-        yield f"http://127.0.0.1:{port}/v1"
+        mock.launch()
+        mock.wait_ready()
+        yield mock.url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            kill_group(process)
+        mock.stop()

@@ -433,7 +433,13 @@ async def test_live_config(mock: MockBackend, http: aiohttp.ClientSession) -> No
     """POST /_mock/config changes behaviour at once and rejects bad values."""
     config_url = f"http://127.0.0.1:{mock.port}/_mock/config"
     status, doc = await _post(http, config_url, {"fail_rate": 1})
-    expected = {"latency_ms": 0.0, "fail_rate": 1, "tokens_per_s": 0.0, "fail_status": 500}
+    expected = {
+        "latency_ms": 0.0,
+        "fail_rate": 1,
+        "tokens_per_s": 0.0,
+        "fail_status": 500,
+        "directives": "",
+    }
     assert (status, doc) == (200, expected)
     assert (await _post(http, f"{mock.url}/chat/completions", CHAT))[0] == 500
     await _post(http, config_url, {"fail_rate": 0, "latency_ms": 120})
@@ -448,6 +454,29 @@ async def test_live_config(mock: MockBackend, http: aiohttp.ClientSession) -> No
     assert mock.configure(latency_ms=0).as_dict()["latency_ms"] == 0
     with pytest.raises(ValueError, match="tokens_per_s"):
         mock.configure(tokens_per_s=-1)
+
+
+async def test_config_directives_apply_to_every_request(
+    mock: MockBackend, http: aiohttp.ClientSession
+) -> None:
+    """Directives set in /_mock/config shape every inference request; a request's own
+    directive of the same name wins."""
+    config_url = f"http://127.0.0.1:{mock.port}/_mock/config"
+    status, doc = await _post(http, config_url, {"directives": "[mock:status=503] [mock:chunks=2]"})
+    assert (status, doc["directives"]) == (200, "[mock:status=503] [mock:chunks=2]")
+    assert (await _post(http, f"{mock.url}/chat/completions", CHAT))[0] == 503
+    embed = {"model": "m", "input": "a b"}
+    assert (await _post(http, f"{mock.url}/embeddings", embed))[0] == 503
+    status, doc = await _post(http, f"{mock.url}/chat/completions", _chat("[mock:status=200]"))
+    assert status == 400  # the request's own value replaces the default, and is checked
+    await _post(http, config_url, {"directives": "[mock:chunks=2]"})
+    status, doc = await _post(http, f"{mock.url}/chat/completions", CHAT)
+    assert (status, doc["usage"]["completion_tokens"]) == (200, 2)
+    status, doc = await _post(http, f"{mock.url}/chat/completions", _chat("[mock:chunks=5] a"))
+    assert doc["usage"]["completion_tokens"] == 5
+    status, doc = await _post(http, config_url, {"directives": "[mock:chunks=0]"})
+    assert status == 400
+    assert mock.config.directives == "[mock:chunks=2]"
 
 
 async def test_require_key(http: aiohttp.ClientSession) -> None:

@@ -71,6 +71,21 @@ async def test_declared_oversized_body_is_413_without_reading_it(router: RouterU
     assert b"connection: close" in answer.lower()
 
 
+async def test_a_client_still_sending_a_refused_body_reads_the_413() -> None:
+    """The router closes a refused upload by lingering: a client whose megabytes are still
+    unread when the 413 goes out reads the 413, not a reset (RFC 9112 §9.6)."""
+    async with running_router() as router:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        try:
+            # More than the socket buffers take: bytes stay unread when the router closes.
+            writer.write(head(100 * 1024 * 1024) + b" " * (8 * 1024 * 1024))
+            await asyncio.sleep(0.3)  # the router has answered and closed meanwhile
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+    assert status_and_error(answer) == (413, "request_too_large")
+
+
 async def test_chunked_oversized_body_is_413(router: RouterUnderTest) -> None:
     """A chunked body that grows past the limit is refused when it crosses it."""
     chunk = b"x" * 16384

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 
+import hypercorn.asyncio.run
 import pytest
 from hypercorn.protocol.h11 import H11Protocol
 
-from appliance.server import StartupError, h11_hardening, hypercorn_config
+from appliance.server import StartupError, h11_hardening, hypercorn_config, lingering_close
 from appliance.settings import ServerSettings
 
 
@@ -28,6 +29,19 @@ def test_moved_internals_are_a_startup_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(h11_hardening, "_HOOKS", {H11Protocol.handle: ("_no_such_hook",)})
     with pytest.raises(StartupError, match="_no_such_hook"):
         h11_hardening.check_hypercorn(h11_hardening.WRITTEN_FOR)
+
+
+def test_a_runner_that_no_longer_builds_tcp_servers_is_a_startup_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lingering close replaces hypercorn's connection class where its runner takes it
+    from; when that name is gone, the start is refused instead of serving without it."""
+    monkeypatch.delattr(hypercorn.asyncio.run, "TCPServer")
+    with pytest.raises(StartupError, match="runner no longer creates connections"):
+        h11_hardening.install()
+    monkeypatch.undo()
+    h11_hardening.install()
+    assert hypercorn.asyncio.run.TCPServer is lingering_close.LingeringTCPServer  # type: ignore[attr-defined]
 
 
 def test_building_the_server_config_checks_the_version(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -274,6 +274,7 @@ def test_config_patch_validates() -> None:
         "fail_rate": 0.5,
         "tokens_per_s": 0.0,
         "fail_status": 429,
+        "directives": "",
     }
     for bad in (
         {"fail_rate": 2},
@@ -282,6 +283,8 @@ def test_config_patch_validates() -> None:
         {"fail_rate": True},
         {"fail_status": 302},
         {"fail_status": 429.5},
+        {"directives": "[mock:nope]"},
+        {"directives": 1},
         [1],
     ):
         with pytest.raises(MockError):

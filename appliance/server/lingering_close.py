@@ -1,0 +1,57 @@
+"""Lingering close (RFC 9112 §9.6): a connection the router closes while the client may still
+be sending is half-closed first, and what arrives after is read and dropped until the client
+closes too or `LINGER_S` passes.
+
+Without it, a connection closed with unread bytes in its receive buffer (a 413 answered from
+the head of a 100 MB upload, a 431, a 408) is reset by the kernel, and a client still writing
+loses the answer it was sent: it sees "connection reset" instead of the status. Dropped bytes
+are never buffered, and the wait is bounded, so a client that keeps sending costs at most
+`LINGER_S` of reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import hypercorn.asyncio.run
+from hypercorn.asyncio.tcp_server import TCPServer
+
+LINGER_S = 2.0
+# hypercorn's internals this relies on, by the names its code uses (see h11_hardening).
+HOOKS: dict[Callable[..., object], tuple[str, ...]] = {
+    TCPServer._close: ("write_eof", "close"),
+    TCPServer._read_data: ("at_eof", "handle"),
+}
+
+
+class LingeringTCPServer(TCPServer):
+    """hypercorn's connection, half-closed first when the client has not closed its side.
+
+    hypercorn's read loop goes on reading after the half-close; the protocol drops what it
+    reads (HardenedH11Protocol, once it has asked for the close). The full close follows the
+    client's own close, or the timer."""
+
+    _linger: asyncio.TimerHandle | None = None
+
+    async def _close(self) -> None:
+        if self._linger is None and not self.reader.at_eof():
+            try:
+                self.writer.write_eof()
+            except (NotImplementedError, OSError, RuntimeError):
+                pass  # TLS, or the transport is gone: close at once
+            else:
+                self._linger = self.loop.call_later(LINGER_S, self.writer.close)
+                return
+        if self._linger is not None:
+            self._linger.cancel()
+        await super()._close()
+
+
+def install() -> bool:
+    """Serve connections with LingeringTCPServer; False when hypercorn's runner no longer
+    creates its connections under the name replaced here."""
+    if getattr(hypercorn.asyncio.run, "TCPServer", None) not in (TCPServer, LingeringTCPServer):
+        return False
+    hypercorn.asyncio.run.TCPServer = LingeringTCPServer  # type: ignore[attr-defined]
+    return True
