@@ -1,0 +1,179 @@
+"""Tenancy and auth against a real router process: org isolation of usage and audit records
+under fuzzed ids, viewer tokens that change nothing, and revoked keys that look unknown."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appliance.auth.keyring import hash_key
+from tests.e2e.cli import RouterProcess, router_process
+from tests.reliability import Figures
+
+ACME, GLOBEX = "rk-e2e-tenancy-acme", "rk-e2e-tenancy-globex"
+REVOKED, GONE = "rk-e2e-tenancy-revoked", "rk-e2e-tenancy-gone"  # disabled; removed at reload
+VIEWER, OPERATOR = "rka-e2e-tenancy-viewer", "rka-e2e-tenancy-operator"
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def config(tmp: Path, mock_url: str, *, gone_key: bool = True, extra_model: bool = False) -> Path:
+    """Two orgs, a revoked key, and admin tokens; `gone_key` keeps the key reload removes."""
+    path = tmp / "router.toml"
+    gone = f'[[keys]]\nid = "k-gone"\norg = "acme"\nsha256 = "{hash_key(GONE)}"\n'
+    added = '[[models]]\nname = "added"\nbackends = [{ backend = "mock" }]\n'
+    path.write_text(
+        f"""
+[server]
+metrics_listen = ""
+
+[state]
+dir = "{tmp / "state"}"
+
+[telemetry]
+access_log = false
+
+[admin]
+tokens = [
+  {{ id = "watcher", sha256 = "{hash_key(VIEWER)}", role = "viewer" }},
+  {{ id = "oncall", sha256 = "{hash_key(OPERATOR)}", role = "operator" }},
+]
+
+[[backends]]
+id = "mock"
+url = "{mock_url}"
+
+[[models]]
+name = "chat"
+backends = [{{ backend = "mock" }}]
+
+{added if extra_model else ""}
+
+[[orgs]]
+id = "acme"
+
+[[orgs]]
+id = "globex"
+
+[[keys]]
+id = "k-acme"
+org = "acme"
+sha256 = "{hash_key(ACME)}"
+
+[[keys]]
+id = "k-globex"
+org = "globex"
+sha256 = "{hash_key(GLOBEX)}"
+
+[[keys]]
+id = "k-revoked"
+org = "acme"
+sha256 = "{hash_key(REVOKED)}"
+disabled = true
+
+{gone if gone_key else ""}
+"""
+    )
+    return path
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        value = json.loads(self.body)
+        assert isinstance(value, dict)
+        return value
+
+    def error(self) -> dict[str, object]:
+        detail = self.json()["error"]
+        assert isinstance(detail, dict)
+        return detail
+
+
+def call(
+    router: RouterProcess,
+    method: str,
+    path: str,
+    token: str | None,
+    body: object = None,
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(router.url + path, data=data, method=method)  # noqa: S310
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    if token is not None:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with _HTTP.open(request, timeout=10) as response:
+            return Answer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Answer(error.code, dict(error.headers), error.read())
+
+
+def chat(router: RouterProcess, key: str, request_id: str | None = None) -> Answer:
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {} if request_id is None else {"x-request-id": request_id}
+    return call(router, "POST", "/v1/chat/completions", key, body, headers)
+
+
+@pytest.fixture
+def router(tmp_path: Path, mock_url: str) -> Iterator[RouterProcess]:
+    with router_process(["--config", str(config(tmp_path, mock_url))], tmp_path) as r:
+        yield r
+
+
+# -- 6.4: an unknown key and a revoked key answer the same -----------------------------------
+_VOLATILE = frozenset({"x-request-id", "date"})
+
+
+def _comparable(answer: Answer, key: str) -> tuple[int, dict[str, str], bytes]:
+    headers = {k.lower(): v for k, v in answer.headers.items() if k.lower() not in _VOLATILE}
+    return answer.status, headers, answer.body.replace(key.encode(), b"KEY")
+
+
+@pytest.mark.reliability("6.4", "an unknown key and a revoked key answer the same")
+def test_revoked_and_removed_keys_answer_as_unknown_keys(
+    router: RouterProcess, tmp_path: Path, mock_url: str, figures: Figures
+) -> None:
+    """A disabled key, and a key removed by a reload, get exactly the answer of a key that
+    never existed (status, headers and body) on every route an org key calls."""
+    assert chat(router, GONE).status == 200
+    config(tmp_path, mock_url, gone_key=False)
+    assert call(router, "POST", "/v1/admin/config/reload", OPERATOR).status == 200
+    routes = [
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/embeddings"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/chat"),
+        ("GET", "/v1/usage/some-id"),
+    ]
+    body = {"model": "chat", "input": "x"}
+    differing = []
+    for method, path in routes:
+        unknown = "rk-e2e-tenancy-never-issued"
+        answers = {
+            key: _comparable(
+                call(router, method, path, key, body if method == "POST" else None), key
+            )
+            for key in (unknown, REVOKED, GONE)
+        }
+        assert answers[unknown][0] == 401
+        differing += [(path, key) for key, seen in answers.items() if seen != answers[unknown]]
+    figures.add("routes compared", len(routes))
+    figures.add("answers differing from an unknown key's", len(differing), bound=0)
+    assert differing == []
