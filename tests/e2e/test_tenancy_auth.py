@@ -4,7 +4,6 @@ under fuzzed ids, viewer tokens that change nothing, and revoked keys that look 
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -109,6 +108,7 @@ def call(
     path: str,
     token: str | None,
     body: object = None,
+    *,
     headers: Mapping[str, str] | None = None,
 ) -> Answer:
     data = None if body is None else json.dumps(body).encode()
@@ -128,7 +128,7 @@ def call(
 def chat(router: RouterProcess, key: str, request_id: str | None = None) -> Answer:
     body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     headers = {} if request_id is None else {"x-request-id": request_id}
-    return call(router, "POST", "/v1/chat/completions", key, body, headers)
+    return call(router, "POST", "/v1/chat/completions", key, body, headers=headers)
 
 
 @pytest.fixture
@@ -177,3 +177,81 @@ def test_revoked_and_removed_keys_answer_as_unknown_keys(
     figures.add("routes compared", len(routes))
     figures.add("answers differing from an unknown key's", len(differing), bound=0)
     assert differing == []
+
+
+# -- 6.1: org A never reads org B's usage or audit records -----------------------------------
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-"
+
+
+def _ids(theirs: list[str]) -> st.SearchStrategy[str]:
+    """B's ids, near misses of them (case, wildcards, traversal, injection) and random ids."""
+    exact = st.sampled_from(theirs)
+    near = st.tuples(exact, st.sampled_from(_NEAR)).map(lambda pair: pair[1](pair[0]))
+    spliced = st.tuples(exact, st.integers(0, 40), st.sampled_from("%_*?'\"/\\.:-")).map(
+        lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1 :]
+    )
+    return exact | near | spliced | st.text(_ID_CHARS + "%_*/", min_size=1, max_size=40)
+
+
+_NEAR = (
+    str.upper,
+    str.lower,
+    lambda rid: rid[:-1],
+    lambda rid: rid[:-1] + "%",
+    lambda rid: rid[:4] + "%",
+    lambda rid: "%" + rid[4:],
+    lambda rid: rid[:-1] + "_",
+    lambda rid: rid + "' OR '1'='1",
+    lambda rid: f"../{rid}",
+    lambda rid: f"x/../{rid}",
+    lambda rid: urllib.parse.quote(rid + "/"),
+    lambda rid: f"{rid}?org=globex",
+    lambda rid: f" {rid}",
+)
+
+
+def _leak(answer: Answer) -> bool:
+    """Whether an answer to org A shows anything of org B's."""
+    if answer.status == 200:
+        return answer.json().get("org") != "acme"
+    return b"globex" in answer.body.replace(b"globex-", b"") or answer.status != 404
+
+
+@pytest.mark.reliability("6.1", "org A reads none of org B's usage or audit records (fuzzed ids)")
+def test_an_org_never_reads_another_orgs_records(router: RouterProcess, figures: Figures) -> None:
+    """A key of one org gets 404 for every id of another org's records, exact or fuzzed, and
+    401 for the audit log whatever its filters; the other org reads its own."""
+    theirs = [f"globex-{i}-{'s' * i}ecret" for i in range(3)]
+    for rid in theirs:
+        assert chat(router, GLOBEX, rid).status == 200
+    theirs.append(chat(router, GLOBEX).headers["x-request-id"])  # a router-made record id
+    assert [call(router, "GET", f"/v1/usage/{rid}", GLOBEX).status for rid in theirs] == [200] * 4
+    # A's own request under B's id: A reads its own record by it, B still its own.
+    assert chat(router, ACME, theirs[0]).status == 200
+    assert call(router, "GET", f"/v1/usage/{theirs[0]}", ACME).json()["org"] == "acme"
+    assert call(router, "GET", f"/v1/usage/{theirs[0]}", GLOBEX).json()["org"] == "globex"
+    leaks: list[tuple[str, int]] = []
+    tried: list[str] = []
+
+    @settings(max_examples=150, derandomize=True, database=None, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+    @given(_ids(theirs))
+    def one(rid: str) -> None:
+        answer = call(router, "GET", "/v1/usage/" + urllib.parse.quote(rid, safe=""), ACME)
+        tried.append(rid)
+        if _leak(answer):
+            leaks.append((rid, answer.status))
+
+    one()
+    audit = [
+        call(router, "GET", f"/v1/admin/audit?{urllib.parse.urlencode(q)}", ACME)
+        for q in ({}, {"org": "globex"}, {"request_id": theirs[1]}, {"kind": "limit.deny"})
+    ]
+    audit_reads = [a.status for a in audit if a.status != 401 or b"globex" in a.body]
+    figures.add("usage ids tried", len(tried))
+    figures.add("of them another org's exact ids", sum(1 for rid in tried if rid in theirs))
+    figures.add("records of another org read", len(leaks), bound=0)
+    figures.add("audit reads by an org key", len(audit_reads), bound=0)
+    assert leaks == []
+    assert audit_reads == []
+    assert {a.error()["code"] for a in audit} == {"invalid_admin_token"}
