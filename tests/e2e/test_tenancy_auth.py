@@ -15,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.app import build_app
 from appliance.auth.keyring import hash_key
+from appliance.settings_loader import load_file
 from tests.e2e.cli import RouterProcess, router_process
 from tests.reliability import Figures
 
@@ -255,3 +257,88 @@ def test_an_org_never_reads_another_orgs_records(router: RouterProcess, figures:
     assert leaks == []
     assert audit_reads == []
     assert {a.error()["code"] for a in audit} == {"invalid_admin_token"}
+
+
+# -- 6.2: viewer tokens cannot change anything -----------------------------------------------
+REASON = {"reason": "tenancy test"}
+# Every mutating admin route (rule, method) -> the path and body an operator would send.
+CHANGES: dict[tuple[str, str], tuple[str, object]] = {
+    ("POST", "/v1/admin/backends/<backend_id>/degrade"): (
+        "/v1/admin/backends/mock/degrade",
+        {"factor": 0.25, **REASON},
+    ),
+    ("POST", "/v1/admin/backends/<backend_id>/drain"): ("/v1/admin/backends/mock/drain", REASON),
+    ("POST", "/v1/admin/backends/<backend_id>/restore"): (
+        "/v1/admin/backends/mock/restore",
+        REASON,
+    ),
+    ("POST", "/v1/admin/overrides"): (
+        "/v1/admin/overrides",
+        {"kind": "pin", "model": "chat", "backend": "mock", **REASON},
+    ),
+    ("DELETE", "/v1/admin/overrides/<override_id>"): ("/v1/admin/overrides/{pinned}", REASON),
+    ("POST", "/v1/admin/buffer/replay"): ("/v1/admin/buffer/replay", {}),
+    ("POST", "/v1/admin/config/reload"): ("/v1/admin/config/reload", None),
+}
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What an operator's change leaves in the router's log besides state (replay, reload).
+_CHANGE_LOG = ("usage_buffer_replayed", "config_reload_requested", "config_reload_refused")
+
+
+def mutating_admin_routes(config_path: Path) -> set[tuple[str, str]]:
+    """(method, rule) of every admin route that changes something, from the app itself."""
+    app = build_app(load_file(config_path)).quart
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/v1/admin/")
+        for method in (rule.methods or set()) & _MUTATING
+    }
+
+
+def change(router: RouterProcess, route: tuple[str, str], token: str, pinned: str = "") -> Answer:
+    """The request of one mutating route, as CHANGES gives it."""
+    path, body = CHANGES[route]
+    return call(router, route[0], path.format(pinned=pinned), token, body)
+
+
+def snapshot(router: RouterProcess) -> dict[str, object]:
+    """What a change would show: overrides, backends' routing state, audit log, models."""
+    backends = call(router, "GET", "/v1/admin/backends", VIEWER).json()["data"]
+    return {
+        "overrides": call(router, "GET", "/v1/admin/overrides", VIEWER).json()["data"],
+        "backends": [(b["id"], b["effective_weight"], b["override"]) for b in backends],  # type: ignore[index, union-attr, attr-defined]
+        "audit": call(router, "GET", "/v1/admin/audit", VIEWER).json()["data"],
+        "models": call(router, "GET", "/v1/models", ACME).json()["data"],
+    }
+
+
+@pytest.mark.reliability("6.2", "viewer tokens cannot change anything")
+def test_a_viewer_token_changes_nothing(
+    router: RouterProcess, tmp_path: Path, mock_url: str, figures: Figures
+) -> None:
+    """Every mutating admin route refuses a viewer with 403 insufficient_role, and afterwards
+    overrides, backends, the audit log, the config and the log show no change."""
+    enum_dir = tmp_path / "routes"
+    enum_dir.mkdir()
+    assert mutating_admin_routes(config(enum_dir, mock_url)) == set(CHANGES), (
+        "a new mutating admin route: add it to CHANGES"
+    )
+    pinned = change(router, ("POST", "/v1/admin/overrides"), OPERATOR)
+    degraded = change(router, ("POST", "/v1/admin/backends/<backend_id>/degrade"), OPERATOR)
+    assert (pinned.status, degraded.status) == (200, 200)
+    config(tmp_path, mock_url, extra_model=True)  # a reload would now add model "added"
+    before = snapshot(router)
+    answers = [change(router, route, VIEWER, pinned.json()["id"]) for route in CHANGES]
+    refused = [(a.status, a.error()["code"]) == (403, "insufficient_role") for a in answers]
+    after = snapshot(router)
+    changed = [name for name in before if before[name] != after[name]]
+    changed += [line for line in _CHANGE_LOG if line in router.output()]
+    figures.add("mutating admin routes", len(CHANGES))
+    figures.add("refused with 403", sum(refused), bound=len(CHANGES))
+    figures.add("changes seen after", len(changed), bound=0)
+    assert all(refused)
+    assert changed == []
+    # The same requests from an operator do show up: the snapshot can see a change.
+    assert call(router, "POST", "/v1/admin/config/reload", OPERATOR).status == 200
+    assert snapshot(router)["models"] != after["models"]
