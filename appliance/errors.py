@@ -100,13 +100,6 @@ class OrgDisabled(RouterError):
     default_message = "The organization of this API key is disabled."
 
 
-class KeyDisabled(RouterError):
-    status = 403
-    type = "invalid_request_error"
-    code = "api_key_disabled"
-    default_message = "This API key is disabled."
-
-
 class InvalidAdminToken(RouterError):
     status = 401
     type = "invalid_request_error"

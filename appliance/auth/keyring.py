@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from appliance.errors import InvalidApiKey, KeyDisabled, OrgDisabled
+from appliance.errors import InvalidApiKey, OrgDisabled
 from appliance.limits.policy import LimitPolicy, build_policy
 from appliance.settings import Settings
 
@@ -74,13 +74,14 @@ class Keyring:
         token = bearer_token(authorization)
         if token is None:
             raise InvalidApiKey()
+        # Looked up by digest: the comparison's timing depends on the digest, never on how
+        # much of a real key the caller guessed.
         entry = self._by_hash.get(hash_key(token))
-        if entry is None:
+        if entry is None or entry.key_disabled:
+            # A revoked key tells its holder nothing a never-issued key would not.
             raise InvalidApiKey("Incorrect API key provided.")
         if entry.org_disabled:
             raise OrgDisabled()
-        if entry.key_disabled:
-            raise KeyDisabled()
         return entry.principal
 
 

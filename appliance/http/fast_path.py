@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from appliance.errors import RouterError
 from appliance.http.context import RequestContext, request_context
@@ -33,7 +34,7 @@ class InferenceFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = (
-            ROUTES.get(scope["path"])
+            ROUTES.get(scope["path"]) or _absolute_form(scope["path"])
             if scope["type"] == "http" and scope["method"] == "POST"
             else None
         )
@@ -62,6 +63,16 @@ class InferenceFastPath:
             raise  # rendered by the edge
         except Exception as error:
             raise catalog_error(error, context.request_id) from None
+
+
+def _absolute_form(target: str) -> Endpoint | None:
+    """The route of an absolute-form target (`POST http://host/v1/chat/completions`), which
+    HTTP/1.1 servers must accept: its path is the route, its host is never used. Without
+    this Quart, which strips the host, would send it to the rule the fast path owns."""
+    if target.startswith("/"):
+        return None  # an origin-form path that is no inference route
+    parts = urlsplit(target)
+    return ROUTES.get(parts.path) if parts.scheme in ("http", "https") else None
 
 
 def _authorization(scope: Scope) -> str | None:

@@ -45,6 +45,9 @@ _REQUIRED_INPUT: dict[Endpoint, tuple[str, tuple[type, ...]]] = {
 _OPENAI_MAX_TOKENS = ("max_completion_tokens", "max_tokens")
 _RESPONSES_MAX_TOKENS = ("max_output_tokens",)
 _OPENAI_PROMPT = ("messages", "prompt", "input")
+# Backends hold the token cap in 32 bits (vLLM, TGI, llama.cpp), and the limits' arithmetic
+# converts it to a float: a larger value is a client bug, refused before any of that.
+MAX_TOKENS_BOUND = 2**31 - 1
 _RESPONSES_PROMPT = ("input", "instructions")
 
 
@@ -194,6 +197,8 @@ def _max_tokens(payload: dict[str, Any], names: tuple[str, ...]) -> int | None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+        if value > MAX_TOKENS_BOUND:
+            raise InvalidRequest(f"'{name}' must be at most {MAX_TOKENS_BOUND}.", param=name)
         return value
     return None
 

@@ -45,13 +45,13 @@ async def expect_error(
         ({"Authorization": "Bearer rk-unknown"}, 401, "invalid_api_key"),
         ({"Authorization": "Basic dXNlcjpwYXNz"}, 401, "invalid_api_key"),
         ({"Authorization": f"Bearer {DISABLED_ORG_KEY}"}, 403, "organization_disabled"),
-        ({"Authorization": f"Bearer {DISABLED_KEY}"}, 403, "api_key_disabled"),
+        ({"Authorization": f"Bearer {DISABLED_KEY}"}, 401, "invalid_api_key"),
     ],
 )
 async def test_auth_errors(
     router: RouterUnderTest, headers: dict[str, str], status: int, code: str
 ) -> None:
-    """Missing, unknown and disabled keys get 401/403 and never reach a backend."""
+    """Missing, unknown and revoked keys get 401, a disabled org's 403; none reaches a backend."""
     response = await router.session.post(
         f"{router.url}/v1/chat/completions", json=chat(), headers=headers
     )

@@ -8,7 +8,6 @@ import time
 
 import msgspec
 
-from appliance.mock.server import MockBackend
 from tests.integration.router_harness import (
     BACKEND_SECRET,
     KEY,
@@ -83,19 +82,6 @@ async def test_large_body_is_forwarded_whole() -> None:
         )
         assert response.status == 200
         assert (await response.json())["usage"]["prompt_tokens"] == 600_000
-
-
-async def test_client_cannot_choose_the_upstream() -> None:
-    """api_base/base_url fields and host headers from the client never redirect the request."""
-    async with running_router() as router, MockBackend(seed=9) as decoy:
-        payload = chat(api_base=decoy.url, base_url=decoy.url, api_key="steal-me")
-        headers = {"host": f"127.0.0.1:{decoy.port}", "x-forwarded-host": "evil.example"}
-        response = await router.post("/v1/chat/completions", payload, headers)
-        assert response.status == 200
-        await response.read()
-        assert decoy.requests() == []
-        forwarded = (await _last_request(router))["headers"]
-        assert "x-forwarded-host" not in {k.lower() for k in forwarded}  # type: ignore[attr-defined]
 
 
 async def test_backend_4xx_is_relayed_unchanged() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.auth.keyring import Keyring, bearer_token, generate_key, hash_key
-from appliance.errors import InvalidApiKey, KeyDisabled, OrgDisabled
+from appliance.errors import InvalidApiKey, OrgDisabled
 from appliance.settings import ApiKey, Backend, Model, ModelRoute, Org, Settings
 
 KEY, OFF_ORG_KEY, OFF_KEY = "rk-one", "rk-two", "rk-three"
@@ -51,12 +51,15 @@ def test_unknown_key(keyring: Keyring) -> None:
     assert "rk-nope" not in caught.value.message
 
 
-def test_disabled_org_and_key(keyring: Keyring) -> None:
-    """Keys of a disabled org and disabled keys are 403."""
+def test_disabled_org_and_revoked_key(keyring: Keyring) -> None:
+    """Keys of a disabled org are 403; a revoked key is refused exactly as an unknown one."""
     with pytest.raises(OrgDisabled):
         keyring.resolve(f"Bearer {OFF_ORG_KEY}")
-    with pytest.raises(KeyDisabled):
+    with pytest.raises(InvalidApiKey) as revoked:
         keyring.resolve(f"bearer {OFF_KEY}")
+    with pytest.raises(InvalidApiKey) as unknown:
+        keyring.resolve("Bearer rk-never-issued")
+    assert revoked.value.body() == unknown.value.body()
 
 
 def test_generated_keys_are_random_and_prefixed() -> None:
