@@ -93,6 +93,15 @@ class InvalidApiKey(RouterError):
     default_message = "Missing or unknown API key. Send it as 'Authorization: Bearer <key>'."
 
 
+class RevokedApiKey(InvalidApiKey):
+    """A disabled key: answered exactly as an unknown one, but the router's own access log
+    names the key and org (never sent to the client), so operators see a revoked key in use."""
+
+    def __init__(self, key_id: str, org_id: str) -> None:
+        super().__init__("Incorrect API key provided.")
+        self.key_id, self.org_id = key_id, org_id
+
+
 class OrgDisabled(RouterError):
     status = 403
     type = "invalid_request_error"
@@ -301,11 +310,12 @@ class UpstreamStreamIdleTimeout(UpstreamTimeout):
 def catalog() -> list[type[RouterError]]:
     """Every concrete error class, for docs and tests (found from the subclasses, not by hand)."""
     found: list[type[RouterError]] = []
-    pending: list[type[RouterError]] = list(RouterError.__subclasses__())
+    pending = [(RouterError, sub) for sub in RouterError.__subclasses__()]
     while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
+        parent, cls = pending.pop()
+        if cls.code != parent.code:  # not a variant answered exactly as its parent
+            found.append(cls)
+        pending.extend((cls, sub) for sub in cls.__subclasses__())
     return sorted(found, key=lambda c: (c.status, c.code))
 
 

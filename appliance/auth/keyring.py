@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from appliance.errors import InvalidApiKey, OrgDisabled
+from appliance.errors import InvalidApiKey, OrgDisabled, RevokedApiKey
 from appliance.limits.policy import LimitPolicy, build_policy
 from appliance.settings import Settings
 
@@ -77,9 +77,11 @@ class Keyring:
         # Looked up by digest: the comparison's timing depends on the digest, never on how
         # much of a real key the caller guessed.
         entry = self._by_hash.get(hash_key(token))
-        if entry is None or entry.key_disabled:
-            # A revoked key tells its holder nothing a never-issued key would not.
+        if entry is None:
             raise InvalidApiKey("Incorrect API key provided.")
+        if entry.key_disabled:
+            # A revoked key tells its holder nothing a never-issued key would not.
+            raise RevokedApiKey(entry.principal.key_id, entry.principal.org_id)
         if entry.org_disabled:
             raise OrgDisabled()
         return entry.principal

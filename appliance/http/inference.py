@@ -12,7 +12,7 @@ import msgspec
 from quart import Blueprint, Response, request
 
 from appliance.auth.keyring import Principal
-from appliance.errors import ModelNotFound, UsageBufferFull
+from appliance.errors import ModelNotFound, RevokedApiKey, UsageBufferFull
 from appliance.http.context import RequestContext, request_context
 from appliance.http.openai_shapes import Model, ModelList
 from appliance.limits.limiter import Limiter, Permit
@@ -146,7 +146,11 @@ def _authenticate(
     trace = context.trace
     if trace is not None:
         trace.step("auth")  # a raise leaves the step open: the trace ends it failed
-    principal = runtime.keyring.resolve(authorization)
+    try:
+        principal = runtime.keyring.resolve(authorization)
+    except RevokedApiKey as revoked:  # for the access log only: the answer is an unknown key's
+        context.org, context.key_id = revoked.org_id, revoked.key_id
+        raise
     context.org, context.key_id = principal.org_id, principal.key_id
     if trace is not None:
         trace.step_done()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.auth.keyring import Keyring, bearer_token, generate_key, hash_key
-from appliance.errors import InvalidApiKey, OrgDisabled
+from appliance.errors import InvalidApiKey, OrgDisabled, RevokedApiKey
 from appliance.settings import ApiKey, Backend, Model, ModelRoute, Org, Settings
 
 KEY, OFF_ORG_KEY, OFF_KEY = "rk-one", "rk-two", "rk-three"
@@ -72,3 +72,19 @@ def test_generated_keys_are_random_and_prefixed() -> None:
 def test_bearer_token_scheme_is_case_insensitive() -> None:
     """'bearer' and 'Bearer' both work, surrounding spaces ignored."""
     assert bearer_token("bearer  abc ") == "abc"
+
+
+def test_a_revoked_key_answers_as_an_unknown_key_but_names_itself_to_the_log(
+    keyring: Keyring,
+) -> None:
+    """A disabled key gets exactly an unknown key's answer; only the raised error (which the
+    access log reads, the client never) carries its key and org ids."""
+    with pytest.raises(RevokedApiKey) as revoked:
+        keyring.resolve(f"Bearer {OFF_KEY}")
+    with pytest.raises(InvalidApiKey) as unknown:
+        keyring.resolve("Bearer rk-never-issued")
+    assert not isinstance(unknown.value, RevokedApiKey)
+    assert (revoked.value.key_id, revoked.value.org_id) == ("k3", "acme")
+    assert revoked.value.status == unknown.value.status
+    assert revoked.value.body() == unknown.value.body()
+    assert b"k3" not in revoked.value.body()
