@@ -44,11 +44,19 @@ class Tally:
 
 
 def write_config(
-    tmp: Path, urls: list[str], key: str, *, server: str = "", extra: str = "", backend: str = ""
+    tmp: Path,
+    urls: list[str],
+    key: str,
+    *,
+    server: str = "",
+    state: str = "",
+    org: str = "",
+    extra: str = "",
+    backend: str = "",
 ) -> Path:
     """A router config: model `m` over backends b0, b1, ... at `urls`, one org and `key`,
-    no metrics listener or access log; `server` goes in [server], `backend` in each backend's
-    table, `extra` at the top level."""
+    no metrics listener or access log; `server` goes in [server], `state` in [state], `org`
+    in the org's table, `backend` in each backend's table, `extra` at the top level."""
     backends = "".join(
         f'[[backends]]\nid = "b{n}"\nurl = "{url}"\n{backend}\n\n' for n, url in enumerate(urls)
     )
@@ -63,6 +71,7 @@ graceful_shutdown_s = 1
 
 [state]
 dir = "{tmp / "state"}"
+{state}
 
 [telemetry]
 access_log = false
@@ -75,6 +84,7 @@ backends = [{routes}]
 
 [[orgs]]
 id = "acme"
+{org}
 
 [[keys]]
 id = "k"

@@ -1,4 +1,5 @@
-"""A TCP proxy in the test's loop that can cut a service off from the router and restore it."""
+"""A TCP proxy in the test's loop that can cut a service off from the router, slow it down,
+and restore it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class TcpProxy:
         self._links: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.cut_off = False
+        self.delay_s = 0.0  # each chunk waits this long, either way: a slow link or service
         self.port = port
 
     @property
@@ -76,6 +78,8 @@ class TcpProxy:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 sink.write(data)
                 await sink.drain()
         except (OSError, asyncio.IncompleteReadError):

@@ -18,6 +18,7 @@ from appliance.auth.keyring import hash_key
 from appliance.settings import TelemetrySettings
 from appliance.telemetry.logging import configure_logging
 from tests.integration.router_harness import chat, running_router
+from tests.reliability import Figures
 
 BACKEND_KEY = "CANARY-backend-key-5d1e"
 ORG_KEY = "rk-CANARY-org-key-8c2f"
@@ -64,8 +65,9 @@ def log_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
+@pytest.mark.reliability("7.2", "canaries in an in-process router's logs, every logger at debug")
 async def test_logs_carry_no_secret_and_one_access_line_per_request(
-    log_output: io.StringIO, capsys: pytest.CaptureFixture[str]
+    log_output: io.StringIO, capsys: pytest.CaptureFixture[str], figures: Figures
 ) -> None:
     """Served, refused (wrong key, wrong admin token) and failed-upstream requests log their
     access lines with the listed fields, and no canary secret appears in any output."""
@@ -97,6 +99,9 @@ async def test_logs_carry_no_secret_and_one_access_line_per_request(
         assert sent["Authorization"] == f"Bearer {BACKEND_KEY}"
     printed = capsys.readouterr()
     text = log_output.getvalue()
+    outputs = (text, printed.out, printed.err)
+    figures.add("log and printed bytes scanned", sum(len(o.encode()) for o in outputs), "bytes")
+    figures.add("canary hits", sum(o.count(c) for o in outputs for c in CANARIES), bound=0)
     for canary in CANARIES:
         assert canary not in text, canary
         assert canary not in printed.out, canary
