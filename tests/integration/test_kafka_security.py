@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -19,15 +18,14 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from appliance.doctor import load_target, run_doctor
-from appliance.settings import TelemetrySettings
 from appliance.settings_loader import load_text
-from appliance.telemetry.logging import configure_logging
 from appliance.usage.kafka_security import KafkaSecurity
 from appliance.usage.kafka_sink import KafkaSink
 from appliance.usage.ports import OutboxItem, SinkError
 from tests.certs import make_certs
 from tests.integration.router_harness import chat, running_router
 from tests.kafka_front import FrontMode, KafkaFront
+from tests.log_capture import all_logs
 from tests.services import EtcdTLS, KafkaBroker, free_port, tansu_binary
 
 pytestmark = pytest.mark.services
@@ -198,15 +196,8 @@ async def test_doctor_shows_partitions_acks_and_idempotence(
 @pytest.fixture
 def log_output() -> Iterator[io.StringIO]:
     """Every log line of the test, structlog's and stdlib's (aiokafka's), at debug level."""
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging(TelemetrySettings(log_level="debug"), stream=buffer, cache=False)
-    try:
+    with all_logs() as buffer:
         yield buffer
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 async def test_wrong_password_is_refused_and_records_wait(

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from appliance.settings import UsageSettings
 from appliance.settings_loader import ConfigError, load_text
 from appliance.usage.kafka_security import KafkaSecurity, KafkaSecurityError, classify
+from appliance.usage.kafka_sink import KafkaSink
 from routerctl.main import app
 from tests.certs import make_certs
 
@@ -186,3 +187,9 @@ def test_config_show_never_prints_the_password(
     assert result.exit_code == 0, result.output
     assert '"kafka_password_env": "KAFKA_PW"' in result.output
     assert CANARY not in result.output
+
+
+def test_producer_is_idempotent_only_with_acks_all() -> None:
+    """aiokafka refuses idempotence with acks=1, so the sink asks for it only with acks=all."""
+    assert KafkaSink(["127.0.0.1:9092"], {"usage": "u"}, acks="all").idempotent
+    assert not KafkaSink(["127.0.0.1:9092"], {"usage": "u"}, acks="1").idempotent
