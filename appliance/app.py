@@ -116,7 +116,7 @@ def build_app(
     store = build_store(settings, state_dir)
     audit = SqliteAuditStore(state_dir / "audit.sqlite")
     runtime = Runtime.from_settings(settings)
-    usage = build_usage(settings, state_dir, metrics, runtime)
+    usage = build_usage(settings, state_dir, metrics, runtime, config.kafka_password)
     usage.publishes = worker is None or worker.index == 0
     audit_sink = AuditSink(audit, forward=usage.forward_audit)
     limits = build_limits(settings, state_dir, metrics, audit_sink)

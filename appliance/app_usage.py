@@ -15,6 +15,7 @@ from appliance.audit.events import AuditEvent, encode_event
 from appliance.readiness import ProbeFailed
 from appliance.runtime import Runtime
 from appliance.settings import Settings
+from appliance.settings_loader import ConfigError
 from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics
@@ -22,6 +23,7 @@ from appliance.telemetry.usage_metrics import UsageMetrics
 from appliance.usage.buffer_watch import BufferWatch
 from appliance.usage.file_sink import FileSink, NoneSink
 from appliance.usage.free_space import FreeSpace
+from appliance.usage.kafka_security import KafkaSecurity, KafkaSecurityError
 from appliance.usage.kafka_sink import KafkaSink
 from appliance.usage.ports import Topic, UsageSink
 from appliance.usage.publisher import Publisher
@@ -99,7 +101,7 @@ class UsageParts:
 
 
 def build_usage(
-    settings: Settings, state_dir: Path, metrics: Metrics, runtime: Runtime
+    settings: Settings, state_dir: Path, metrics: Metrics, runtime: Runtime, kafka_password: str
 ) -> UsageParts:
     u = settings.usage
     holder: list[UsageRecorder] = []
@@ -124,6 +126,7 @@ def build_usage(
             {"usage": u.kafka_topic, "audit": u.kafka_audit_topic},
             acks=u.kafka_acks,
             compression=None if u.kafka_compression == "none" else u.kafka_compression,
+            security=_kafka_security(settings, kafka_password),
         )
         sinks = {"usage": kafka, "audit": kafka}
     elif u.sink == "file":
@@ -156,6 +159,13 @@ def build_usage(
         retention_s=u.lookup_retention_days * 86400,
         kafka=kafka,
     )
+
+
+def _kafka_security(settings: Settings, password: str) -> KafkaSecurity:
+    try:
+        return KafkaSecurity.from_settings(settings.usage, password)
+    except KafkaSecurityError as exc:  # the files changed since the config was loaded
+        raise ConfigError([str(exc)]) from None
 
 
 def _prices(runtime: Runtime, model: str | None) -> tuple[float, float]:

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from appliance.settings_kafka import kafka_security_problems
+
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -117,6 +119,14 @@ class UsageSettings(_Section, frozen=True):
     kafka_audit_topic: str = "routerctl.audit"
     kafka_acks: Literal["all", "1"] = "all"
     kafka_compression: Literal["none", "gzip"] = "gzip"
+    # Security: names follow Kafka's client settings; the password comes from the environment.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_username: str = ""
+    kafka_password_env: EnvName | None = None  # the variable holding the SASL password
+    kafka_ssl_ca_file: str = ""  # "" = the system's trusted CAs
+    kafka_ssl_cert_file: str = ""  # client certificate (mutual TLS), with kafka_ssl_key_file
+    kafka_ssl_key_file: str = ""
     max_buffer_mb: PositiveFloat = 512.0  # outbox bound
     on_full: Literal["reject", "drop_oldest"] = "reject"
     batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 500  # records per publish
@@ -289,6 +299,7 @@ def _backend_problems(settings: Settings) -> list[Problem]:
         problems.append((("state", "redis_url"), "must start with redis://, rediss:// or unix://"))
     if settings.usage.sink == "kafka" and not settings.usage.kafka_bootstrap:
         problems.append((("usage", "kafka_bootstrap"), 'required when sink = "kafka"'))
+    problems += kafka_security_problems(settings.usage)
     service = settings.budget.service_url
     if service and not service.startswith(("http://", "https://")):
         problems.append((("budget", "service_url"), "must start with http:// or https://"))

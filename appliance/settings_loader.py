@@ -20,6 +20,7 @@ from typing import Any, get_args, get_origin
 import msgspec
 
 from appliance.settings import Problem, Settings, semantic_problems
+from appliance.settings_kafka import kafka_environment_problems, kafka_password
 from appliance.settings_messages import readable, unknown_key
 
 KeyPath = tuple[str | int, ...]
@@ -50,6 +51,8 @@ class LoadedConfig:
     source: str
     # [server] keys set on the command line (--listen): a reload applies them again.
     server_overrides: Mapping[str, str] = field(default_factory=dict)
+    # The SASL password kafka_password_env names, read at start; never printed.
+    kafka_password: str = field(default="", repr=False)
 
 
 def load_file(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -67,13 +70,14 @@ def load_text(
 ) -> LoadedConfig:
     settings, problems = _checked(text, source)
     credentials: dict[str, BackendCredentials] = {}
+    env = os.environ if environ is None else environ
     if settings is not None:
-        env = os.environ if environ is None else environ
         credentials, missing = resolve_credentials(settings, env)
-        problems += missing
+        problems += missing + kafka_environment_problems(settings.usage, env)
     if problems or settings is None:
         raise _error(text, source, problems)
-    return LoadedConfig(settings=settings, credentials=credentials, source=source)
+    password = kafka_password(settings.usage, env)
+    return LoadedConfig(settings, credentials, source, kafka_password=password)
 
 
 def parse_settings(text: str, source: str = "<config>") -> Settings:

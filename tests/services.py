@@ -287,6 +287,11 @@ class KafkaBroker(ServiceProcess):
 
     name = "tansu"
 
+    def __init__(self, binary: Path, workdir: Path, *, advertised_port: int = 0) -> None:
+        super().__init__(binary, workdir)
+        # Another port to advertise in metadata (a front such as tests/kafka_front.py).
+        self.advertised_port = advertised_port
+
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
@@ -309,7 +314,8 @@ class KafkaBroker(ServiceProcess):
     def _command(self) -> list[str]:
         return [
             str(self.binary), "broker", "--storage-engine", "memory://tansu/",
-            "--listener-url", self.url, "--advertised-listener-url", self.url,
+            "--listener-url", self.url, "--advertised-listener-url",
+            f"tcp://{self.host}:{self.advertised_port or self.port}",
         ]  # fmt: skip
 
     def _env(self) -> dict[str, str]:

@@ -25,7 +25,7 @@ async def run_doctor(target: DoctorTarget, timeout_s: float) -> list[CheckResult
     s = target.settings
     groups: list[tuple[str, Check]] = [
         ("redis", lambda: check_redis(s, timeout_s)),
-        ("kafka", lambda: check_kafka(s, timeout_s)),
+        ("kafka", lambda: check_kafka(s, target.config.kafka_password, timeout_s)),
         ("etcd", lambda: check_etcd(s, timeout_s)),
         ("backend", lambda: check_backends(s, target.config.credentials, timeout_s)),
         ("state_dir", lambda: check_state(s, timeout_s)),

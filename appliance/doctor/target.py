@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from appliance.doctor.report import CheckResult, count, failed, passed, warned
 from appliance.settings import Settings
+from appliance.settings_kafka import kafka_password
 from appliance.settings_loader import (
     ConfigError,
     LoadedConfig,
@@ -23,7 +24,7 @@ from appliance.settings_loader import (
 @dataclass(frozen=True, slots=True)
 class DoctorTarget:
     config: LoadedConfig  # credentials of backends whose variables are unset are incomplete
-    env_problems: tuple[str, ...]  # "file:line: key: reason", one per unset variable
+    env_problems: tuple[str, ...]  # "file:line: key: reason": unset variables, unreadable files
 
     @property
     def settings(self) -> Settings:
@@ -37,7 +38,9 @@ def load_target(text: str, source: str, environ: Mapping[str, str]) -> DoctorTar
         return DoctorTarget(load_text(text, source, environ), ())
     except ConfigError as exc:  # parse_settings passed: only environment problems are left
         credentials, _ = resolve_credentials(settings, environ)
-        return DoctorTarget(LoadedConfig(settings, credentials, source), tuple(exc.problems))
+        password = kafka_password(settings.usage, environ)
+        config = LoadedConfig(settings, credentials, source, kafka_password=password)
+        return DoctorTarget(config, tuple(exc.problems))
 
 
 def check_config(target: DoctorTarget) -> CheckResult:
@@ -48,7 +51,8 @@ def check_config(target: DoctorTarget) -> CheckResult:
             "config",
             source,
             "; ".join(target.env_problems),
-            "export the variable in the router's environment (systemd: EnvironmentFile=)",
+            "export the variable in the router's environment (systemd: EnvironmentFile=);"
+            " put each file named there on this host",
         )
     counts = ", ".join(
         [

@@ -21,10 +21,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from appliance.telemetry.logging import get_logger
+from appliance.usage.kafka_security import KafkaProbeError, KafkaSecurity, connect_any
 from appliance.usage.ports import OutboxItem, SinkError, Topic
 
 _log = get_logger("routerctl.usage")
@@ -42,6 +43,7 @@ class KafkaSink:
         compression: Literal["gzip"] | None = "gzip",
         timeout_s: float = 10.0,
         client_id: str = "routerctl",
+        security: KafkaSecurity | None = None,
     ) -> None:
         if not bootstrap:
             raise ValueError("KafkaSink needs at least one bootstrap server")
@@ -51,7 +53,9 @@ class KafkaSink:
         self._compression = compression
         self._timeout_s = timeout_s
         self._client_id = client_id
-        self._idempotent = True  # until a broker refuses it
+        self._security = security or KafkaSecurity()
+        # aiokafka allows idempotence with acks=all only; on until a broker refuses it.
+        self._idempotent = acks == "all"
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -65,7 +69,9 @@ class KafkaSink:
             return
         try:
             self._producer = await self._start(idempotent=self._idempotent)
-        except (KafkaConnectionError, TimeoutError):
+        except (KafkaConnectionError, TimeoutError) as exc:
+            if self._security.protocol != "PLAINTEXT" and not isinstance(exc, TimeoutError):
+                await self.ping()  # a SinkError that names an authentication or TLS failure
             raise SinkError(f"kafka unreachable at {self._servers()}") from None
         except KafkaError as exc:
             if not self._idempotent or exc.retriable:
@@ -109,23 +115,25 @@ class KafkaSink:
             ) from None
 
     async def ping(self) -> None:
-        """Fetch cluster metadata on a fresh connection; raises SinkError when unreachable.
+        """Fetch cluster metadata on a fresh connection; raises SinkError when unreachable,
+        saying so when Kafka refused the credentials or the TLS handshake failed.
 
-        A fresh client: the producer may be gone (dropped after a failure) or idle, and its
-        cached metadata says nothing about whether the broker answers now.
+        A fresh connection: the producer may be gone (dropped after a failure) or idle, and
+        its cached metadata says nothing about whether the broker answers now.
         """
-        client = AIOKafkaClient(
-            bootstrap_servers=self._bootstrap,
-            client_id=f"{self._client_id}-probe",
-            request_timeout_ms=int(self._timeout_s * 1000),
-        )
+        client_id = f"{self._client_id}-probe"
         try:
             async with asyncio.timeout(self._timeout_s):
-                await client.bootstrap()
+                async with connect_any(
+                    self._bootstrap, self._security, client_id=client_id, timeout_s=self._timeout_s
+                ) as conn:
+                    await conn.send(MetadataRequest(None))
+        except KafkaProbeError as exc:
+            if exc.kind == "unreachable":
+                raise SinkError(f"kafka unreachable at {self._servers()}: {exc}") from None
+            raise SinkError(f"{exc} at {self._servers()}") from None
         except (KafkaError, TimeoutError) as exc:
             raise SinkError(f"kafka unreachable at {self._servers()}: {_kind(exc)}") from None
-        finally:
-            await client.close()
 
     async def close(self) -> None:
         """Deliver what is still buffered (within timeout_s), then close the connections."""
@@ -152,6 +160,7 @@ class KafkaSink:
             compression_type=self._compression,
             request_timeout_ms=int(self._timeout_s * 1000),
             linger_ms=5,
+            **self._security.client_options(),
         )
         try:
             async with asyncio.timeout(self._timeout_s):

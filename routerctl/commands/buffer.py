@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from appliance.settings import Settings, TelemetrySettings
-from appliance.settings_loader import ConfigError, parse_settings
+from appliance.settings_kafka import kafka_environment_problems, kafka_password
+from appliance.settings_loader import ConfigError, format_path, parse_settings
 from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import configure_logging
 from appliance.usage.buffer_report import (
@@ -36,6 +38,7 @@ from appliance.usage.buffer_report import (
 )
 from appliance.usage.buffer_service import LiveBufferReport
 from appliance.usage.file_sink import FileSink, StdoutSink
+from appliance.usage.kafka_security import KafkaSecurity, KafkaSecurityError
 from appliance.usage.kafka_sink import KafkaSink
 from appliance.usage.ports import SinkError, UsageSink
 from appliance.usage.publisher import replay as replay_outbox
@@ -347,11 +350,24 @@ def _sink(
             {"usage": topic or u.kafka_topic, "audit": u.kafka_audit_topic},
             acks=u.kafka_acks,
             compression=None if u.kafka_compression == "none" else u.kafka_compression,
+            security=_kafka_security(settings),
         )
     if target is Target.file:
         path = file or (Path(u.file_path) if u.file_path else state_dir / "usage.jsonl")
         return FileSink(path, int(u.file_max_mb * _MB), u.file_keep)
     return StdoutSink()
+
+
+def _kafka_security(settings: Settings) -> KafkaSecurity:
+    """The config's Kafka security, the password from this shell's environment."""
+    u = settings.usage
+    problems = kafka_environment_problems(msgspec.structs.replace(u, sink="kafka"), os.environ)
+    if problems:
+        fail_lines([f"{format_path(path)}: {reason}" for path, reason in problems], code=2)
+    try:
+        return KafkaSecurity.from_settings(u, kafka_password(u, os.environ))
+    except KafkaSecurityError as exc:
+        fail(str(exc), code=2)
 
 
 if __name__ == "__main__":  # `python -m routerctl.commands.buffer`, before main.py registers it

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from appliance.auth.keyring import hash_key
-from appliance.settings import TelemetrySettings
-from appliance.telemetry.logging import configure_logging
 from tests.integration.router_harness import chat, running_router
+from tests.log_capture import all_logs
 from tests.reliability import Figures
 
 BACKEND_KEY = "CANARY-backend-key-5d1e"
@@ -53,16 +50,8 @@ sha256 = "{hash_key(ORG_KEY)}"
 def log_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """Every log line of the test, structlog's and stdlib's, rendered as in production."""
     monkeypatch.setenv("ROUTERCTL_ETCD_PASSWORD", ETCD_PASSWORD)
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    configure_logging(TelemetrySettings(log_level="debug"), stream=buffer, cache=False)
-    try:
+    with all_logs() as buffer:
         yield buffer
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 @pytest.mark.reliability("7.2", "canaries in an in-process router's logs, every logger at debug")
