@@ -231,3 +231,57 @@ def test_pod_is_locked_down(helm: str, tmp_path: Path) -> None:
     assert {POD_TMP, state_dir} <= mounts.keys()
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts[POD_TMP]]
+
+
+SASL_SSL_KAFKA = """
+[state]
+dir = "/var/lib/routerctl"
+
+[usage]
+sink = "kafka"
+kafka_bootstrap = ["kafka-0.kafka:9093"]
+kafka_security_protocol = "SASL_SSL"
+kafka_sasl_mechanism = "SCRAM-SHA-512"
+kafka_username = "router"
+kafka_password_env = "KAFKA_PASSWORD"
+kafka_ssl_ca_file = "/etc/routerctl-tls/kafka-ca.pem"
+
+[[backends]]
+id = "vllm-a"
+url = "http://vllm-a:8000/v1"
+api_key_env = "VLLM_KEY"
+
+[[models]]
+name = "m"
+backends = [{ backend = "vllm-a" }]
+"""
+
+
+def test_a_sasl_ssl_kafka_gets_its_password_and_ca_file(helm: str, tmp_path: Path) -> None:
+    """A SASL_SSL Kafka sink: the pod gets kafka_password_env from the Secret beside the
+    backend keys, and the CA file the config names from the extra volume mounted read-only."""
+    docs = render(
+        helm,
+        tmp_path,
+        {
+            "config": SASL_SSL_KAFKA,
+            "extraVolumes": [{"name": "kafka-tls", "secret": {"secretName": "kafka-tls"}}],
+            "extraVolumeMounts": [
+                {"name": "kafka-tls", "mountPath": "/etc/routerctl-tls", "readOnly": True}
+            ],
+        },
+    )
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in container(docs)["env"]
+        if "valueFrom" in e
+    }
+    assert refs == {"VLLM_KEY": "VLLM_KEY", "KAFKA_PASSWORD": "KAFKA_PASSWORD"}
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    assert mounts["kafka-tls"] == {
+        "name": "kafka-tls",
+        "mountPath": "/etc/routerctl-tls",
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kafka-tls"]["secret"] == {"secretName": "kafka-tls"}

@@ -41,13 +41,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/* The environment variables the config reads secrets from: every api_key_env and every
-value of a secret_headers inline table (comment lines skipped), plus backendKeys.extraEnvNames;
-one per line. */}}
+*password_env (Kafka, Redis, etcd), every value of a secret_headers inline table (comment lines
+skipped), plus backendKeys.extraEnvNames; one per line. */}}
 {{- define "routerctl.backendKeyEnvs" -}}
 {{- $envName := "\"[A-Za-z_][A-Za-z0-9_]*\"" }}
 {{- $names := list }}
-{{- range regexFindAll (printf "(?m)^[^#\\n]*\\bapi_key_env\\s*=\\s*%s" $envName) .Values.config -1 }}
-{{- $setting := regexFind (printf "api_key_env\\s*=\\s*%s" $envName) . }}
+{{- range regexFindAll (printf "(?m)^[^#\\n]*\\b(api_key_env|[a-z_]*password_env)\\s*=\\s*%s" $envName) .Values.config -1 }}
+{{- $setting := regexFind (printf "_env\\s*=\\s*%s" $envName) . }}
 {{- $names = append $names (regexFind $envName $setting | trimAll "\"") }}
 {{- end }}
 {{- range regexFindAll "(?m)^[^#\\n]*\\bsecret_headers\\s*=\\s*\\{[^}\\n]*\\}" .Values.config -1 }}
