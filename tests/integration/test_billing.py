@@ -227,7 +227,7 @@ async def test_request_larger_than_the_tpm_limit_is_refused_up_front(
     """A request whose own estimate exceeds the tpm limit gets 400 naming the limit, reserves
     nothing and never reaches a backend, so the org's next request is served normally."""
     async with billing_router(store, redis, tpm=100_000) as router:
-        huge = priced("hi [mock:status=400]", max_tokens=1_000_000_000_000)
+        huge = priced("hi [mock:status=400]", max_tokens=1_000_000_000)  # < 2**31: a valid cap
         async with await router.post("/v1/chat/completions", huge) as response:
             status, error = response.status, (await response.json())["error"]
         assert router.mocks["m0"].requests() == []
