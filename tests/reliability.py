@@ -7,9 +7,10 @@ they prove and report the figures they measured.
         figures.add("lost", lost)
         figures.add("duplicates", duplicates, bound=batch)
 
-Every marked test's outcome and figures go to `build/reliability/<worker>.jsonl` at the end
-of the session (one file per xdist worker); `python -m tests.reliability_matrix` renders
-docs/reliability.md from them, so the figures in the doc are the ones a run measured.
+Every marked test's outcome and figures go to a file in `build/reliability/` at the end of
+the session (one per process and run); `python -m tests.reliability_matrix` renders
+docs/reliability.md from the latest result of each row, so the figures in the doc are the
+ones a run measured.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,9 +78,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "reliability(row, what): a row of the reliability matrix (docs/reliability.md)"
     )
     config.stash[_KEY] = []
-    if not hasattr(config, "workerinput"):  # the controller: this run's results only
-        for stale in RESULTS_DIR.glob("*.jsonl"):
-            stale.unlink()
 
 
 @pytest.fixture
@@ -124,6 +124,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{worker}.jsonl"
+    # One file per process and run: a later run of some rows supersedes only those rows.
+    path = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{worker}.jsonl"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     with path.open("w", encoding="utf-8") as out:
-        out.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+        out.writelines(json.dumps({**r, "commit": commit}, sort_keys=True) + "\n" for r in rows)

@@ -15,7 +15,6 @@ import argparse
 import ast
 import json
 import platform
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -80,12 +79,15 @@ def _markers(decorators: Iterable[ast.expr]) -> Iterator[tuple[str, str]]:
 
 
 def results(results_dir: Path = RESULTS) -> dict[str, list[dict[str, Any]]]:
-    """The run's results by test id (a parametrized test has several)."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(results_dir.glob("*.jsonl")):
+    """The latest result of each test by test id (a parametrized test has several)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for path in sorted(results_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
         for line in path.read_text(encoding="utf-8").splitlines():
             item = json.loads(line)
-            found.setdefault(item["test"].split("[")[0], []).append(item)
+            latest[item["test"]] = item  # a later run's result replaces an earlier one
+    found: dict[str, list[dict[str, Any]]] = {}
+    for nodeid, item in latest.items():
+        found.setdefault(nodeid.split("[")[0], []).append(item)
     return found
 
 
@@ -137,13 +139,12 @@ def documented(doc: str) -> list[Row]:
     return sorted(rows, key=lambda r: (r.key, r.test))
 
 
-def _run_line() -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+def _run_line(found: dict[str, list[dict[str, Any]]]) -> str:
+    commits = sorted({i.get("commit") or "unknown" for items in found.values() for i in items})
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f"Figures from the test run at commit `{commit or 'unknown'}`, rendered {when} on "
+        f"Figures from the latest test run of each row, at commit "
+        f"{', '.join(f'`{c}`' for c in commits) or '(none)'}; rendered {when} on "
         f"{platform.system()} {platform.machine()}, Python {platform.python_version()}."
     )
 
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     head, _, rest = doc.partition(BEGIN)
     tail = rest.partition(END)[2] if END in rest else "\n"
-    DOC.write_text(head + render(rows, results(), _run_line()) + tail, encoding="utf-8")
+    found = results()
+    DOC.write_text(head + render(rows, found, _run_line(found)) + tail, encoding="utf-8")
     return 0
 
 
