@@ -33,10 +33,14 @@ class ListenerSplit:
     def refusal(self, scope: MutableMapping[str, Any]) -> NotFound | None:
         """The error to answer with, or None when this listener serves the route."""
         path: str = scope["path"]
+        server = scope.get("server")  # absent under test clients: the public listener
+        on_admin = server is not None and server[1] == self._admin_port
+        # The usual request, an API path on the public listener, ends here.
+        if not on_admin and path.startswith("/v1/") and not path.startswith(ADMIN_PREFIX):
+            return None
         if not path.startswith("/"):  # absolute form: the path part is what gets routed
             path = urlsplit(path).path
-        server = scope.get("server")
-        if server is not None and server[1] == self._admin_port:
+        if on_admin:
             if path.startswith(ADMIN_LISTENER_SERVES):
                 return None
             return NotFound(

@@ -154,7 +154,7 @@ def _override(loaded: LoadedConfig, changes: dict[str, str]) -> LoadedConfig:
         return loaded
     server = msgspec.structs.replace(loaded.settings.server, **changes)
     if problems := admin_listen_problems(server):
-        raise ConfigError([f"server.{'.'.join(map(str, p[0][1:]))}: {p[1]}" for p in problems])
+        raise ConfigError([f"server.admin_listen: {why}" for _, why in problems])
     settings = msgspec.structs.replace(loaded.settings, server=server)
     return LoadedConfig(settings, loaded.credentials, loaded.source, server_overrides=changes)
 
