@@ -32,6 +32,7 @@ from appliance.http.edge import ASGIApp, EdgeLimits, EdgeMiddleware
 from appliance.http.errors import install_error_handlers
 from appliance.http.fast_path import InferenceFastPath
 from appliance.http.inference import InferenceHandler, inference_blueprint
+from appliance.http.listeners import listener_split
 from appliance.http.lookup import lookup_blueprint
 from appliance.http.openapi import build_document, encode_document, openapi_blueprint
 from appliance.http.status import status_blueprint
@@ -212,6 +213,7 @@ def build_app(
         access_log,
         usage_hook=usage_hook(state.usage.recorder.record),
         tracing=state.tracing,
+        listeners=listener_split(settings.server),
     )
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     return BuiltApp(quart=app, asgi=app, state=state)  # type: ignore[arg-type]

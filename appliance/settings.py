@@ -15,6 +15,7 @@ from appliance.settings_kafka import kafka_security_problems
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
+ADMIN_ON_PUBLIC = "public"  # [server] admin_listen: the admin routes on the public listener
 NonNegInt = Annotated[int, Meta(ge=0)]
 Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -29,6 +30,9 @@ class _Section(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 class ServerSettings(_Section, frozen=True):
     listen: str = "127.0.0.1:8080"
     metrics_listen: str = "127.0.0.1:9090"  # "" turns the metrics listener off
+    # The admin routes' own listener (with status and the OpenAPI document); "public" serves
+    # them on `listen` instead.
+    admin_listen: str = "127.0.0.1:8081"
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
     body_read_timeout_s: PositiveFloat = 30.0
@@ -334,15 +338,34 @@ def _reference_problems(settings: Settings) -> list[Problem]:
 
 def _address_problems(server: ServerSettings) -> list[Problem]:
     problems: list[Problem] = []
-    for name in ("listen", "metrics_listen"):
+    off = {"listen": None, "metrics_listen": "", "admin_listen": ADMIN_ON_PUBLIC}
+    for name, off_value in off.items():
         value = getattr(server, name)
-        if name == "metrics_listen" and value == "":
+        if value == off_value:
             continue
         try:
             parse_listen(value)
         except ValueError as exc:
-            problems.append((("server", name), str(exc)))
-    return problems
+            why = str(exc)
+            if name == "admin_listen":
+                why = why.replace("HOST:PORT", 'HOST:PORT or "public"')
+            problems.append((("server", name), why))
+    return problems or admin_listen_problems(server)
+
+
+def admin_listen_problems(server: ServerSettings) -> list[Problem]:
+    """The admin listener is told apart from the others by its port: a fixed one of its own."""
+    if server.admin_listen == ADMIN_ON_PUBLIC:
+        return []
+    _, port = parse_listen(server.admin_listen)
+    why = ""
+    if port == 0:
+        why = "needs a fixed port (requests are told apart by the port they came in on)"
+    for name in ("listen", "metrics_listen"):
+        value = getattr(server, name)
+        if value and parse_listen(value)[1] == port:
+            why = f'its port must differ from {name}\'s ({value}), or set "public"'
+    return [(("server", "admin_listen"), why)] if why else []
 
 
 def _duplicates(section: str, field: str, values: list[str]) -> list[Problem]:

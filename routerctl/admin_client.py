@@ -27,7 +27,7 @@ from appliance.http.admin_shapes import (
 )
 from appliance.usage.buffer_service import LiveBufferReport, ReplayResult
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_URL = "http://127.0.0.1:8081"  # [server] admin_listen's default
 URL_ENV = "ROUTERCTL_URL"
 TOKEN_ENV = "ROUTERCTL_TOKEN"  # noqa: S105 - the variable's name, not a token
 DEFAULT_TIMEOUT_S = 5.0

@@ -54,6 +54,7 @@ class Stack:
     services: list[Service]
     api_key: str
     admin_token: str
+    admin_port: int  # the router's admin_listen: a free port, as the services have
 
     def port(self, name: str) -> int:
         return next(s.port for s in self.services if s.name == name)
@@ -75,7 +76,7 @@ def up(directory: Path) -> Stack:
         _stop(started)
         raise
     key, token = "rk-dev-" + secrets.token_urlsafe(24), "rka-dev-" + secrets.token_urlsafe(24)
-    stack = Stack(started, key, token)
+    stack = Stack(started, key, token, _free_port())
     config, policy = directory / CONFIG_FILE, directory / POLICY_FILE
     config.write_text(router_config(stack, directory))
     policy.write_text(policy_config(stack))
@@ -113,7 +114,8 @@ def load(directory: Path) -> Stack:
         raise DevError(f"no stack in {directory} ({STATE_FILE} is missing): dev up first") from None
     except (OSError, ValueError) as exc:
         raise DevError(f"{path}: cannot read: {exc}") from None
-    return Stack([Service(**s) for s in raw["services"]], raw["api_key"], raw["admin_token"])
+    services = [Service(**s) for s in raw["services"]]
+    return Stack(services, raw["api_key"], raw["admin_token"], raw.get("admin_port", 8081))
 
 
 def router_config(stack: Stack, directory: Path) -> str:
@@ -124,6 +126,7 @@ def router_config(stack: Stack, directory: Path) -> str:
 #   routerctl serve --config {directory / CONFIG_FILE}
 [server]
 listen = "{_HOST}:8080"
+admin_listen = "{_HOST}:{stack.admin_port}"
 metrics_listen = "{_HOST}:9090"
 
 [state]

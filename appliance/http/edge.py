@@ -23,6 +23,7 @@ from appliance.errors import (
 )
 from appliance.http.context import CONTEXT_KEY, RequestContext
 from appliance.http.ids import RecordIds
+from appliance.http.listeners import ListenerSplit
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.spans import Tracing
 
@@ -61,8 +62,10 @@ class EdgeMiddleware:
         *,
         usage_hook: UsageHook | None = None,
         tracing: Tracing | None = None,
+        listeners: ListenerSplit | None = None,
     ) -> None:
         self._app = app
+        self._listeners = listeners
         self._limits = limits
         self._metrics = metrics
         self._access_log = access_log
@@ -92,22 +95,35 @@ class EdgeMiddleware:
                 self._finish(context, started)
 
         try:
-            if head.size > self._limits.max_header_bytes:
-                raise HeadersTooLarge(
-                    f"The request headers exceed {self._limits.max_header_bytes} bytes."
-                )
-            if scope["method"] in _BODY_METHODS:
-                body = await self._read_body(head.content_length, receive)
-                if body is None:
-                    return  # the client left before sending its body; nobody to answer
-                context.body = body
-                receive = _replay(body, receive)
-            await self._app(scope, receive, send_with_id)
+            admitted = await self._admit(scope, head, context, receive)
+            if admitted is None:
+                return  # the client left before sending its body; nobody to answer
+            await self._app(scope, admitted, send_with_id)
         except RouterError as error:
             context.outcome = error.code
             await _send_error(send_with_id, error)
         finally:
             await self._close(context, started)
+
+    async def _admit(
+        self, scope: Scope, head: _Head, context: RequestContext, receive: Receive
+    ) -> Receive | None:
+        """The request's receive, its body read and bounded; None if the client left first.
+        Raises the RouterError to answer with instead of the app."""
+        if head.size > self._limits.max_header_bytes:
+            raise HeadersTooLarge(
+                f"The request headers exceed {self._limits.max_header_bytes} bytes."
+            )
+        if scope["method"] in _BODY_METHODS:
+            body = await self._read_body(head.content_length, receive)
+            if body is None:
+                return None
+            context.body = body
+            receive = _replay(body, receive)
+        # After the body: the connection stays usable for the client's next request.
+        if self._listeners is not None and (refused := self._listeners.refusal(scope)):
+            raise refused
+        return receive
 
     def _context(self, scope: Scope, head: _Head) -> RequestContext:
         # Record ids must be unique whatever clients send: a reused client x-request-id must

@@ -8,23 +8,27 @@ from hypercorn.utils import LifespanFailureError
 
 from appliance.server import h11_hardening
 from appliance.server.h11_hardening import HardenedConfig
-from appliance.settings import ServerSettings, parse_listen
+from appliance.settings import ADMIN_ON_PUBLIC, ServerSettings, parse_listen
 
 
-def hypercorn_config(server: ServerSettings, listen_fd: int | None = None) -> HardenedConfig:
+def hypercorn_config(
+    server: ServerSettings, listen_fds: tuple[int, ...] | None = None
+) -> HardenedConfig:
     """The config to serve with; raises StartupError on a hypercorn the hardening does not fit.
 
-    `listen_fd`: serve a listening socket inherited from the supervisor, not `server.listen`.
+    `listen_fds`: serve the listening sockets inherited from the supervisor (`listen`'s,
+    then `admin_listen`'s when it has its own) rather than binding them.
 
     Installing the hardening here means every server built from this config, the tests'
     included, speaks the same HTTP/1.1.
     """
     h11_hardening.install()
     config = HardenedConfig()
-    host, port = parse_listen(server.listen)
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    if listen_fd is not None:
-        config.bind = [f"fd://{listen_fd}"]
+    config.bind = [_bind(server.listen)]
+    if server.admin_listen != ADMIN_ON_PUBLIC:  # one server, two listeners: see http/listeners
+        config.bind.append(_bind(server.admin_listen))
+    if listen_fds is not None:
+        config.bind = [f"fd://{fd}" for fd in listen_fds]
     config.worker_class = "uvloop"
     config.graceful_timeout = server.graceful_shutdown_s
     config.keep_alive_timeout = server.keep_alive_timeout_s
@@ -40,6 +44,11 @@ def hypercorn_config(server: ServerSettings, listen_fd: int | None = None) -> Ha
     # protocol (header_timeout_s), bodies by EdgeMiddleware.
     config.read_timeout = None
     return config
+
+
+def _bind(address: str) -> str:
+    host, port = parse_listen(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _drop_startup_failure(record: logging.LogRecord) -> bool:

@@ -75,7 +75,7 @@ async def serve(
             )
             server = config.settings.server
             # First: it refuses a foreign hypercorn.
-            listener_config = hypercorn_config(server, None if role is None else role.listen_fd)
+            listener_config = hypercorn_config(server, None if role is None else role.listen_fds)
             metrics = Metrics()
             built = build_app(config, metrics, _slot(role))
             reloads: set[asyncio.Task[None]] = set()
@@ -88,7 +88,12 @@ async def serve(
             elif server.metrics_listen:
                 await stack.enter_async_context(MetricsListener(server.metrics_listen, metrics))
             metrics_at = server.metrics_listen if role is None else f"unix:{role.metrics_path}"
-            _log.info("starting", listen=server.listen, metrics=metrics_at or None)
+            _log.info(
+                "starting",
+                listen=server.listen,
+                admin=server.admin_listen,
+                metrics=metrics_at or None,
+            )
             if on_started is not None:
                 on_started(config)
             await hypercorn_serve(

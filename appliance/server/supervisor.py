@@ -1,11 +1,11 @@
-"""`[server] workers = N`: one supervisor process and N workers serving one listening socket.
+"""`[server] workers = N`: one supervisor process and N workers serving its listening sockets.
 
-The supervisor binds `server.listen` once and starts N copies of `routerctl serve` that
-inherit the socket; the kernel hands each new connection to one of them, and a connection
-queued while a worker restarts waits for the others rather than being refused. The
-supervisor serves `metrics_listen` itself, merging the workers' metrics at each scrape;
-it forwards SIGTERM/SIGINT (drain) and SIGHUP (reload) to every worker, restarts a worker
-that dies, and exits once all of them have drained.
+The supervisor binds `server.listen` (and `admin_listen`) once and starts N copies of
+`routerctl serve` that inherit the sockets; the kernel hands each new connection to one of
+them, and a connection queued while a worker restarts waits for the others rather than
+being refused. The supervisor serves `metrics_listen` itself, merging the workers' metrics
+at each scrape; it forwards SIGTERM/SIGINT (drain) and SIGHUP (reload) to every worker,
+restarts a worker that dies, and exits once all of them have drained.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from appliance.server.metrics_listener import MetricsListener
 from appliance.server.worker_role import ENV, WorkerRole
-from appliance.settings import ServerSettings, Settings, parse_listen
+from appliance.settings import ADMIN_ON_PUBLIC, ServerSettings, Settings, parse_listen
 from appliance.telemetry.logging import configure_logging, get_logger
 from appliance.telemetry.metrics_merge import cumulative_only, merge_expositions
 
@@ -41,16 +41,21 @@ def supervise(
 ) -> int:
     """Run `server.workers` workers (each `command`) until SIGTERM/SIGINT; the exit code.
 
-    OSError when the listen address cannot be bound (the caller reports it).
+    OSError when a listen address cannot be bound (the caller reports it).
     """
     configure_logging(settings.telemetry)
     server = settings.server
-    sock = _bind(server.listen)
+    addresses = [server.listen]
+    if server.admin_listen != ADMIN_ON_PUBLIC:
+        addresses.append(server.admin_listen)
+    socks: list[socket.socket] = []
     rundir = Path(tempfile.mkdtemp(prefix="routerctl-workers-"))
     try:
-        return asyncio.run(Supervisor(server, command, sock, rundir).run(on_started))
+        socks.extend(_bind(address) for address in addresses)
+        return asyncio.run(Supervisor(server, command, socks, rundir).run(on_started))
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
         shutil.rmtree(rundir, ignore_errors=True)
 
 
@@ -72,11 +77,15 @@ def _bind(listen: str) -> socket.socket:
 
 class Supervisor:
     def __init__(
-        self, server: ServerSettings, command: Sequence[str], sock: socket.socket, rundir: Path
+        self,
+        server: ServerSettings,
+        command: Sequence[str],
+        socks: Sequence[socket.socket],
+        rundir: Path,
     ) -> None:
         self._server = server
         self._command = list(command)
-        self._sock = sock
+        self._fds = tuple(sock.fileno() for sock in socks)
         self._rundir = rundir
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._ready: set[int] = set()  # workers that reported their start (serving unless exited)
@@ -121,7 +130,7 @@ class Supervisor:
         role = WorkerRole(
             index=index,
             count=self._server.workers,
-            listen_fd=self._sock.fileno(),
+            listen_fds=self._fds,
             ready_fd=ready_w,
             metrics_path=self._socket(index),
             supervisor_pid=os.getpid(),
@@ -129,7 +138,7 @@ class Supervisor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._command,
-                pass_fds=(self._sock.fileno(), ready_w),
+                pass_fds=(*self._fds, ready_w),
                 env={**os.environ, ENV: role.encode()},
             )
         finally:

@@ -16,13 +16,13 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
-    """Worker `index` of `count`: it serves the inherited listening socket `listen_fd`,
+    """Worker `index` of `count`: it serves the inherited listening sockets `listen_fds`,
     writes one byte to `ready_fd` once it serves, and exposes its metrics on the unix
     socket `metrics_path` for the supervisor to merge."""
 
     index: int
     count: int
-    listen_fd: int
+    listen_fds: tuple[int, ...]  # listen's, then admin_listen's when it has its own
     ready_fd: int
     metrics_path: str
     supervisor_pid: int

@@ -21,7 +21,7 @@ UrlOption = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="Router base URL (default: $ROUTERCTL_URL, else http://127.0.0.1:8080).",
+        help="Router base URL (default: $ROUTERCTL_URL, else http://127.0.0.1:8081).",
         show_default=False,
     ),
 ]

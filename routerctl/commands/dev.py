@@ -70,5 +70,6 @@ def _next_steps(stack: Stack, directory: Path) -> str:
     return (
         f"serve it:  routerctl serve --config {directory / CONFIG_FILE}\n"
         f"API key:   {stack.api_key}\n"
-        f"operator:  export ROUTERCTL_URL=http://127.0.0.1:8080 ROUTERCTL_TOKEN={stack.admin_token}"
+        f"operator:  export ROUTERCTL_URL=http://127.0.0.1:{stack.admin_port} "
+        f"ROUTERCTL_TOKEN={stack.admin_token}"
     )

@@ -41,11 +41,19 @@ def run_cli(
 
 
 class RouterProcess:
-    def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[str], port: int, log: Path, admin_port: int
+    ) -> None:
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.admin_port = admin_port
+        self.admin_url = f"http://127.0.0.1:{admin_port}"  # the admin routes' own listener
         self.log = log
+
+    def url_for(self, path: str) -> str:
+        """The URL of `path` on the listener that serves it (admin routes: the admin one)."""
+        return (self.admin_url if path.startswith("/v1/admin/") else self.url) + path
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -70,19 +78,26 @@ def router_process(
     env: dict[str, str] | None = None,
     command: Sequence[str] | None = None,
 ) -> Iterator[RouterProcess]:
-    """Start `routerctl serve ARGS --listen <free port>`, wait for healthz, reap on exit."""
-    port = free_port()
+    """Start `routerctl serve ARGS --listen <free port> --admin-listen <free port>` (unless
+    ARGS has its own), wait for healthz, reap on exit."""
+    port, admin_port = free_port(), free_port()
     log = tmp / f"router-{port}.log"
+    listeners = ["--listen", f"127.0.0.1:{port}"]
+    if "--admin-listen" in args:  # the caller's own ("public": admin_url is url)
+        given = args[list(args).index("--admin-listen") + 1]
+        admin_port = port if given == "public" else int(given.rsplit(":", 1)[1])
+    else:
+        listeners += ["--admin-listen", f"127.0.0.1:{admin_port}"]
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [*(command or routerctl_command()), "serve", *args, "--listen", f"127.0.0.1:{port}"],
+            [*(command or routerctl_command()), "serve", *args, *listeners],
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
             start_new_session=True,  # a group of its own: see kill_group
         )
-    router = RouterProcess(process, port, log)
+    router = RouterProcess(process, port, log, admin_port)
     try:
         _wait_healthy(router)
         yield router

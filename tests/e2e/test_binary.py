@@ -268,7 +268,7 @@ def test_backend_degrade_and_audit_against_the_running_binary(
     lookup` show it."""
     config = write_config(tmp_path, mocks, usage='sink = "none"')
     with router_process(["--config", str(config)], tmp_path, command=binary) as router:
-        env = {"ROUTERCTL_URL": router.url, "ROUTERCTL_TOKEN": OPERATOR}
+        env = {"ROUTERCTL_URL": router.admin_url, "ROUTERCTL_TOKEN": OPERATOR}
         ok("backend", "degrade", "b1", "--weight", "0.25", "--reason", "e2e", command=binary,
            env=env)  # fmt: skip
         listed = json.loads(ok("backend", "list", "--json", command=binary, env=env))

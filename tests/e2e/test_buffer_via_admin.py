@@ -98,14 +98,14 @@ def test_inspect_and_replay_through_a_running_router(
     with router_process(["--config", str(path)], tmp_path) as router:
         ids = [chat(router.url) for _ in range(5)]
 
-        shown = cli(router.url, VIEWER, "inspect", "--via-admin", "--json")
+        shown = cli(router.admin_url, VIEWER, "inspect", "--via-admin", "--json")
         assert shown.returncode == 0, shown.stderr
         report = json.loads(shown.stdout)
         assert report["records"] == 5
         assert report["topics"]["usage"]["sink"] == "kafka"
         assert report["sinks"]["kafka"]["records"] == 5
 
-        table = cli(router.url, VIEWER, "inspect", "--via-admin")
+        table = cli(router.admin_url, VIEWER, "inspect", "--via-admin")
         assert table.returncode == 0, table.stderr
         assert table.stdout.splitlines()[1].split() == [
             "TOPIC",
@@ -115,29 +115,29 @@ def test_inspect_and_replay_through_a_running_router(
             "OLDEST",
         ]
 
-        refused = cli(router.url, VIEWER, "replay", "--via-admin")
+        refused = cli(router.admin_url, VIEWER, "replay", "--via-admin")
         assert refused.returncode == 1
         assert "operator" in refused.stderr
 
-        dry = cli(router.url, OPERATOR, "replay", "--via-admin", "--dry-run", "--limit", "3")
+        dry = cli(router.admin_url, OPERATOR, "replay", "--via-admin", "--dry-run", "--limit", "3")
         assert dry.returncode == 0, dry.stderr
         assert dry.stdout.strip() == "dry run: 3 records would be replayed to kafka"
 
-        down = cli(router.url, OPERATOR, "replay", "--via-admin")
+        down = cli(router.admin_url, OPERATOR, "replay", "--via-admin")
         assert down.returncode == 1
         assert len(down.stderr.splitlines()) == 1
         assert "stay in the outbox" in down.stderr
 
-        offline = cli(router.url, OPERATOR, "replay", "--state-dir", str(tmp_path / "state"))
+        offline = cli(router.admin_url, OPERATOR, "replay", "--state-dir", str(tmp_path / "state"))
         assert offline.returncode == 1
         assert "--via-admin" in offline.stderr
 
         kafka_broker.start()
-        done = cli(router.url, OPERATOR, "replay", "--via-admin")
+        done = cli(router.admin_url, OPERATOR, "replay", "--via-admin")
         assert done.returncode == 0, done.stderr
         # The background publisher may have sent some of them first: together, all five.
         assert done.stdout.strip().endswith("through the router; 0 still buffered")
-        after = json.loads(cli(router.url, VIEWER, "inspect", "--via-admin", "--json").stdout)
+        after = json.loads(cli(router.admin_url, VIEWER, "inspect", "--via-admin", "--json").stdout)
         assert after["records"] == 0
         assert after["publishing"]["consecutive_failures"] == 0
     records = [json.loads(r.value) for r in asyncio.run(consume(kafka_broker.bootstrap, topic, 5))]

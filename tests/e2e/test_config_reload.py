@@ -56,7 +56,7 @@ def call(
 ) -> tuple[int, dict[str, object]]:
     body = b"{}" if method == "POST" else None
     request = urllib.request.Request(  # noqa: S310 - a loopback test URL
-        f"{router.url}{path}", data=body, method=method,
+        router.url_for(path), data=body, method=method,
         headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
     )  # fmt: skip
     try:

@@ -142,7 +142,7 @@ def test_the_printed_export_line_makes_operator_commands_work(demo: RouterProces
     match = re.search(r"export (ROUTERCTL_URL=\S+) (ROUTERCTL_TOKEN=\S+)", demo.output())
     assert match is not None, demo.output()
     env = dict(pair.split("=", 1) for pair in match.groups())
-    assert env["ROUTERCTL_URL"] == demo.url
+    assert env["ROUTERCTL_URL"] == demo.admin_url  # the admin listener's
     listed = run_cli("backend", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "mock-a" in listed.stdout
@@ -167,7 +167,7 @@ def test_doctor_checks_the_running_demo(demo: RouterProcess) -> None:
     done = run_cli("doctor", "--json", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {(r["check"], r["target"]): r for r in msgspec.json.decode(done.stdout)}
-    assert rows[("router", demo.url)]["status"] == "pass"
+    assert rows[("router", demo.admin_url)]["status"] == "pass"
     assert rows[("ready", "usage_buffer")]["status"] == "pass"
     assert rows[("ready", "redis")]["status"] == "skip"
     assert {rows[("backend", b)]["status"] for b in ("mock-a", "mock-b")} == {"pass"}
@@ -182,7 +182,7 @@ def test_doctor_checks_the_running_demo(demo: RouterProcess) -> None:
     finally:
         run_cli("backend", "restore", "mock-a", "--reason", "done", env=env)
 
-    no_token = run_cli("doctor", "--url", demo.url, env={"ROUTERCTL_TOKEN": ""})
+    no_token = run_cli("doctor", "--url", demo.admin_url, env={"ROUTERCTL_TOKEN": ""})
     assert no_token.returncode == 0
     assert "backends and the outbox were not checked" in no_token.stdout
 
@@ -220,12 +220,12 @@ def test_readme_operator_tour_runs_as_written(demo: RouterProcess) -> None:
     audit, doctor, top, restore), run as written against the demo, succeeds and shows what
     its comment promises."""
     lines = _tour()
-    assert lines[0].startswith("export ROUTERCTL_URL=http://127.0.0.1:8080 ")
+    assert lines[0].startswith("export ROUTERCTL_URL=http://127.0.0.1:8081 ")
     exported = dict(pair.split("=", 1) for pair in lines[0].removeprefix("export ").split())
     env = {
         **os.environ,
         **exported,
-        "ROUTERCTL_URL": demo.url,  # the README's port is the demo's default; here a free one
+        "ROUTERCTL_URL": demo.admin_url,  # the README's is the demo's default; here a free one
         "ROUTERCTL_METRICS_URL": demo.metrics_url,  # type: ignore[attr-defined]
     }
     outputs: dict[str, str] = {}

@@ -35,7 +35,8 @@ def stack_dir(tmp_path: Path) -> Iterator[Path]:
 def test_dev_up_serve_and_down(stack_dir: Path, tmp_path: Path) -> None:
     """`dev up` starts valkey, Tansu, etcd and two mock backends and writes a config that a
     router serves ready (every component healthy, limits from Redis); `status` says up;
-    `down` stops every process; a second `up` on a live stack is refused."""
+    `down` stops every process; a second `up` on a live stack is refused. The config's admin
+    listener is on a free port, and the printed export names it."""
     started = run_cli("dev", "up", "--dir", str(stack_dir))
     assert started.returncode == 0, started.stderr
     assert "routerctl serve --config" in started.stdout
@@ -43,6 +44,9 @@ def test_dev_up_serve_and_down(stack_dir: Path, tmp_path: Path) -> None:
     state = json.loads((stack_dir / "stack.json").read_text())
     assert [s["name"] for s in state["services"]] == ["valkey", "tansu", "etcd", "mock-a", "mock-b"]
     assert oct((stack_dir / "stack.json").stat().st_mode & 0o777) == "0o600"
+    admin = f"127.0.0.1:{state['admin_port']}"  # a free port, written and printed alike
+    assert f'admin_listen = "{admin}"' in (stack_dir / "router.toml").read_text()
+    assert f"export ROUTERCTL_URL=http://{admin} " in started.stdout
     status = run_cli("dev", "status", "--dir", str(stack_dir))
     assert status.returncode == 0, status.stdout
     assert status.stdout.count(" up") == 5

@@ -11,7 +11,7 @@ is stood in for (tests/unit/doc_commands.py lists those commands with the reason
 - `helm install`: `helm template` of the same chart and values, and the Deployment's container
   command and environment run with the binary, the Secret's variable set from the page's
   `kubectl create secret`; `kubectl port-forward` goes straight to that process.
-The page's ports (8080, 9090, 8001) become free ports on 127.0.0.1.
+The page's ports (8080, 8081, 9090, 8001) become free ports on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def test_vm_track(binary: list[str], tmp_path: Path) -> None:
     """Track 1 as written: the binary, the mock backend, the config with a minted key, the
     router started as the unit starts it, readyz, a completion, a stream, doctor."""
     track = Track.parse(VM)
-    local = Local(tmp_path, {p: free_port() for p in ("8080", "9090", "8001")})
+    local = Local(tmp_path, {p: free_port() for p in ("8080", "8081", "9090", "8001")})
     track.step("nox", "-s", "binary")  # the `binary` fixture runs that build
     track.step("install", "-m", "0755", "dist/routerctl", "/usr/local/bin/routerctl")
     installed = track.step(
@@ -419,7 +419,7 @@ def test_kubernetes_track(binary: list[str], tmp_path: Path) -> None:
     reached with the key from the Secret."""
     track = Track.parse(KUBERNETES)
     track.step("nox", "-s", "binary")  # the `binary` fixture runs that build
-    local = Local(tmp_path, {p: free_port() for p in ("8080", "9090")})
+    local = Local(tmp_path, {p: free_port() for p in ("8080", "8081", "9090")})
     rendered = render_quickstart_values(track, local, binary)
     backend = check_names(track, rendered)
     mock_port = free_port()

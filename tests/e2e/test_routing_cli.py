@@ -113,7 +113,7 @@ sha256 = "{hash_key(KEY)}"
 
 
 def cli(router: RouterProcess, *args: str, token: str = OPERATOR) -> str:
-    env = {**os.environ, "ROUTERCTL_URL": router.url, "ROUTERCTL_TOKEN": token}
+    env = {**os.environ, "ROUTERCTL_URL": router.admin_url, "ROUTERCTL_TOKEN": token}
     result = subprocess.run(
         [*routerctl_command(), *args],
         capture_output=True,
@@ -219,8 +219,8 @@ async def test_drain_stops_new_traffic_while_a_stream_finishes(
 
 async def test_admin_auth_matrix_on_the_real_router(router: RouterProcess) -> None:
     """No token and org keys get 401, viewers read but may not change, operators may."""
-    url = f"{router.url}/v1/admin/backends"
-    change = f"{router.url}/v1/admin/backends/b0/degrade"
+    url = f"{router.admin_url}/v1/admin/backends"
+    change = f"{router.admin_url}/v1/admin/backends/b0/degrade"
     body = {"weight": 0.5, "reason": "matrix"}
     async with aiohttp.ClientSession() as session:
         for token, read, write in (

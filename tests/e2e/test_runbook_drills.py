@@ -200,12 +200,13 @@ class Router:
     def __init__(self, process: RouterProcess, config: Path, metrics_url: str) -> None:
         self.process = process
         self.url = process.url
+        self.admin_url = process.admin_url
         self.config = config
         self.metrics_url = metrics_url
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """routerctl with ROUTERCTL_URL and ROUTERCTL_TOKEN exported, as the runbooks say."""
-        return run_cli(*args, env={"ROUTERCTL_URL": self.url, "ROUTERCTL_TOKEN": OPERATOR})
+        return run_cli(*args, env={"ROUTERCTL_URL": self.admin_url, "ROUTERCTL_TOKEN": OPERATOR})
 
     def ok(self, *args: str) -> str:
         result = self.cli(*args)
@@ -345,7 +346,7 @@ def test_policy_update_by_file_reload_and_rollback(
     previous = router.config.read_text()
     write_config(router.config, backends, weight_b=0.5)
     assert run_cli("config", "validate", str(router.config)).returncode == 0
-    reload = f"{router.url}/v1/admin/config/reload"
+    reload = f"{router.admin_url}/v1/admin/config/reload"
     status, _, body = request("POST", reload, OPERATOR)
     assert status == 200
     applied = json.loads(body)
@@ -424,7 +425,7 @@ def test_budget_exhaustion_and_raising_it_by_reload(
     assert "monthly_budget_usd" in audit
 
     write_config(router.config, backends, budget=50.0)
-    status, _, _ = request("POST", f"{router.url}/v1/admin/config/reload", OPERATOR)
+    status, _, _ = request("POST", f"{router.admin_url}/v1/admin/config/reload", OPERATOR)
     assert status == 200
     assert 'router_budget_limit_usd{org="capped"} 50.0' in metric_lines(router.metrics_url, pattern)
     assert chat(router, CAPPED_KEY)[0] == 200

@@ -114,7 +114,7 @@ def call(
     headers: Mapping[str, str] | None = None,
 ) -> Answer:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(router.url + path, data=data, method=method)  # noqa: S310
+    request = urllib.request.Request(router.url_for(path), data=data, method=method)  # noqa: S310
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     if token is not None:

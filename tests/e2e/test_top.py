@@ -56,7 +56,7 @@ def test_once_json_has_rates_for_backends_and_models(demo: tuple[RouterProcess, 
     show requests per second, with the admin API's health beside them."""
     router, metrics = demo
     sender = traffic(router.url, 3.0)
-    env = {"ROUTERCTL_URL": router.url, "ROUTERCTL_TOKEN": DEMO_ADMIN_TOKEN}
+    env = {"ROUTERCTL_URL": router.admin_url, "ROUTERCTL_TOKEN": DEMO_ADMIN_TOKEN}
     done = run_cli("top", "--once", "--json", "--metrics-url", metrics, env=env)
     sender.join(10)
     assert done.returncode == 0, done.stderr
@@ -76,7 +76,7 @@ def test_the_live_view_in_a_terminal(demo: tuple[RouterProcess, str], tmp_path: 
     router, metrics = demo
     session = f"top-{uuid.uuid4().hex[:8]}"
     command = shlex.join([*routerctl_command(), "top", "--metrics-url", metrics])
-    env = f"ROUTERCTL_URL={router.url} ROUTERCTL_TOKEN={DEMO_ADMIN_TOKEN}"
+    env = f"ROUTERCTL_URL={router.admin_url} ROUTERCTL_TOKEN={DEMO_ADMIN_TOKEN}"
     socket = str(tmp_path / "tmux.sock")  # a server of our own, ended with the test
     subprocess.run(
         [tmux, "-S", socket, "new-session", "-d", "-s", session, "-x", "160", "-y", "40",

@@ -132,7 +132,8 @@ async def test_two_workers_share_limits_records_overrides_and_metrics(
     redis_server: RedisServer, kafka_broker: KafkaBroker, mock_url: str, tmp_path: Path
 ) -> None:
     """Both workers serve; the org's rpm holds across them (Redis), every answer has one
-    record in Kafka, a degrade set through one worker is obeyed by both within a second,
+    record in Kafka, a degrade set through one worker is obeyed by both within a second (on
+    the admin listener; the public one refuses the admin routes),
     the merged metrics count every request, and SIGTERM drains both and exits 0."""
     topic = f"usage-{uuid.uuid4().hex[:8]}"
     kafka_broker.create_topic(topic, 1)
@@ -173,12 +174,27 @@ rpm = {RPM}
         async with aiohttp.ClientSession() as session:
             degrade = {"weight": 0.5, "reason": "drill", "ttl_s": 600}
             headers = {"Authorization": f"Bearer {ADMIN}"}
-            url = f"{router.url}/v1/admin/backends/mock/degrade"
+            url = f"{router.admin_url}/v1/admin/backends/mock/degrade"
             async with session.post(url, json=degrade, headers=headers) as r:
                 assert r.status == 200
         await asyncio.sleep(1.0)
-        assert await backend_field(router.url, 12, "effective_weight") == Counter({0.5: 12})
+        assert await backend_field(router.admin_url, 12, "effective_weight") == Counter({0.5: 12})
+        # Both workers hold both listeners: the public one refuses the admin routes.
+        assert await public_admin_refusals(router.url, 8) == 8
         assert router.terminate() == 0
+
+
+async def public_admin_refusals(url: str, n: int) -> int:
+    """How many of `n` fresh connections to the public listener get the admin routes' 404."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    refused = 0
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        for _ in range(n):
+            async with session.get(f"{url}/v1/admin/backends") as r:
+                message = (await r.json())["error"]["message"]
+                refused += r.status == 404 and "served on the admin listener" in message
+    return refused
 
 
 async def test_a_dead_worker_is_restarted_and_clients_see_no_error(
@@ -257,20 +273,20 @@ async def test_a_reload_through_either_path_reaches_every_worker(
         path.write_text(path.read_text().replace(backend, f"{backend}\nweight = 2.0"))
         async with aiohttp.ClientSession() as session:
             headers = {"Authorization": f"Bearer {ADMIN}"}
-            reload = f"{router.url}/v1/admin/config/reload"
+            reload = f"{router.admin_url}/v1/admin/config/reload"
             async with session.post(reload, headers=headers) as r:
                 assert r.status == 200
         for _ in range(40):  # the other worker reloads on the supervisor's SIGHUP
-            if await backend_field(router.url, 8, "weight") == Counter({2.0: 8}):
+            if await backend_field(router.admin_url, 8, "weight") == Counter({2.0: 8}):
                 break
             await asyncio.sleep(0.1)
-        assert await backend_field(router.url, 12, "weight") == Counter({2.0: 12})
+        assert await backend_field(router.admin_url, 12, "weight") == Counter({2.0: 12})
 
         path.write_text(path.read_text().replace("weight = 2.0", "weight = 3.0"))
         router.process.send_signal(signal.SIGHUP)
         for _ in range(40):
-            if await backend_field(router.url, 8, "weight") == Counter({3.0: 8}):
+            if await backend_field(router.admin_url, 8, "weight") == Counter({3.0: 8}):
                 break
             await asyncio.sleep(0.1)
-        assert await backend_field(router.url, 12, "weight") == Counter({3.0: 12})
+        assert await backend_field(router.admin_url, 12, "weight") == Counter({3.0: 12})
         assert router.terminate() == 0

@@ -241,7 +241,13 @@ def threaded_app(
     edge = EdgeMiddleware(app.asgi_app, limits, Metrics(), contexts.append)  # type: ignore[arg-type]
     app.asgi_app = edge  # type: ignore[assignment, method-assign]
     port = port or free_port()
-    settings = ServerSettings(listen=f"127.0.0.1:{port}", metrics_listen="", graceful_shutdown_s=1)
+    # The blueprints alone, one listener: the split between listeners is the full app's.
+    settings = ServerSettings(
+        listen=f"127.0.0.1:{port}",
+        admin_listen="public",
+        metrics_listen="",
+        graceful_shutdown_s=1,
+    )
     config = hypercorn_config(settings)
     config.worker_class = "asyncio"
     loop = asyncio.new_event_loop()

@@ -29,6 +29,7 @@ def base_config(
     mock_urls: Mapping[str, str],
     port: int,
     *,
+    admin_port: int | None = None,
     server_extra: str = "",
     max_body: int = 65536,
     state_dir: str = "",
@@ -37,8 +38,9 @@ def base_config(
     telemetry_extra: str = "",
     backend_extra: str = "",
 ) -> str:
-    """A config with model `chat` over the given mocks, orgs, keys and one dead backend;
-    `backend_extra` is added to every mock's `[[backends]]` table."""
+    """A config with model `chat` over the given mocks, orgs, keys and one dead backend, the
+    admin routes on `admin_port` (a free one if None); `backend_extra` is added to every
+    mock's `[[backends]]` table."""
     backends = "".join(
         f'[[backends]]\nid = "{name}"\nurl = "{url}"\napi_key_env = "TEST_BACKEND_KEY"\n'
         f'headers = {{ "x-extra" = "on" }}\nttfb_timeout_s = 1.0\ntotal_timeout_s = 3.0\n'
@@ -49,9 +51,11 @@ def base_config(
         f'{{ backend = "{name}", upstream_model = "up-{name}" }}' for name in mock_urls
     )
     dead = free_port()
+    admin = f"127.0.0.1:{admin_port or free_port()}"
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
+admin_listen = "{admin}"
 metrics_listen = ""
 max_body_bytes = {max_body}
 body_read_timeout_s = 0.5
@@ -121,6 +125,7 @@ disabled = true
 class RouterUnderTest:
     url: str
     port: int
+    admin_url: str  # the admin listener: /v1/admin/..., status and the OpenAPI document
     mocks: dict[str, MockBackend]
     state: AppState
     session: aiohttp.ClientSession
@@ -159,10 +164,11 @@ async def running_router(
     try:
         for mock in mocks.values():
             await mock.start("127.0.0.1", 0)
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         text = base_config(
             {n: m.url for n, m in mocks.items()},
             port,
+            admin_port=admin_port,
             server_extra=server_extra,
             max_body=max_body,
             state_dir=state_dir or own_state.name,
@@ -184,7 +190,10 @@ async def running_router(
             metrics_url = f"http://{listen}/metrics"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
             await _wait_ready(session, url, task)
-            yield RouterUnderTest(url, port, mocks, built.state, session, metrics_url=metrics_url)
+            admin_url = f"http://127.0.0.1:{admin_port}"
+            yield RouterUnderTest(
+                url, port, admin_url, mocks, built.state, session, metrics_url=metrics_url
+            )
     finally:
         stop.set()
         try:

@@ -22,7 +22,7 @@ async def call(
 ) -> tuple[int, dict[str, object]]:
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     async with router.session.request(
-        method, f"{router.url}{path}", json=body, headers=headers
+        method, f"{router.admin_url}{path}", json=body, headers=headers
     ) as response:
         return response.status, await response.json()
 

@@ -290,7 +290,7 @@ async def test_override_changes_while_etcd_is_unreachable_are_refused_with_503(
         await eventually(lambda: routed(router), "routed")
         proxy.cut()
         async with router.session.post(
-            f"{router.url}/v1/admin/backends/m0/drain",
+            f"{router.admin_url}/v1/admin/backends/m0/drain",
             json={"reason": "maintenance"},
             headers={"Authorization": f"Bearer {operator}"},
         ) as response:

@@ -191,7 +191,7 @@ async def test_deep_json_in_an_admin_body_is_400(router: RouterUnderTest) -> Non
     the first bracket), not a 500."""
     deep = b'{"limit": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     response = await router.session.post(
-        f"{router.url}/v1/admin/buffer/replay",
+        f"{router.admin_url}/v1/admin/buffer/replay",
         data=deep,
         headers={"Authorization": f"Bearer {OPERATOR}"},
     )

@@ -78,7 +78,8 @@ async def test_logs_carry_no_secret_and_one_access_line_per_request(
             await response.read()
         for token, status in ((ADMIN_TOKEN, 200), (WRONG_ADMIN_TOKEN, 401)):
             async with router.session.get(
-                f"{router.url}/v1/admin/backends", headers={"Authorization": f"Bearer {token}"}
+                f"{router.admin_url}/v1/admin/backends",
+                headers={"Authorization": f"Bearer {token}"},
             ) as response:
                 assert response.status == status
                 await response.read()

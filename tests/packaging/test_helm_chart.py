@@ -118,11 +118,14 @@ def test_schema_validation_has_teeth() -> None:
 
 
 def test_probes_listeners_and_drain(helm: str, tmp_path: Path) -> None:
-    """Readiness asks readyz and liveness healthz on the port serve listens on; the pod's grace
-    outlasts the preStop sleep plus the router's graceful_shutdown_s read from the TOML."""
+    """Readiness asks readyz and liveness healthz on the port serve listens on; the admin API
+    listens on the pod's loopback only (no container port), where the pod's ROUTERCTL_URL
+    points; the pod's grace outlasts the preStop sleep plus the router's graceful_shutdown_s
+    read from the TOML."""
     config = '[server]\ngraceful_shutdown_s = 50.5\n[[backends]]\nid = "a"\nurl = "http://a/v1"\n'
     config += '[[models]]\nname = "m"\nbackends = [{ backend = "a" }]\n'
-    docs = render(helm, tmp_path, {"config": config, "ports": {"http": 8181, "metrics": 9191}})
+    ports = {"http": 8181, "metrics": 9191, "admin": 8282}
+    docs = render(helm, tmp_path, {"config": config, "ports": ports})
     main = container(docs)
     assert main["readinessProbe"]["httpGet"] == {"path": "/v1/status/readyz", "port": "http"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/v1/status/healthz", "port": "http"}
@@ -132,6 +135,9 @@ def test_probes_listeners_and_drain(helm: str, tmp_path: Path) -> None:
     assert args[:3] == ["serve", "--config", "/etc/routerctl/router.toml"]
     assert args[args.index("--listen") + 1] == "0.0.0.0:8181"
     assert args[args.index("--metrics-listen") + 1] == "0.0.0.0:9191"
+    assert args[args.index("--admin-listen") + 1] == "127.0.0.1:8282"
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["ROUTERCTL_URL"] == "http://127.0.0.1:8282"
     drain = tomllib.loads(router_toml(docs))["server"]["graceful_shutdown_s"]
     pre_stop = main["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pre_stop > 0

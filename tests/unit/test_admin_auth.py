@@ -8,7 +8,7 @@ from appliance.auth.admin import ADMIN_TOKEN_PREFIX, AdminTokens, generate_admin
 from appliance.auth.keyring import hash_key
 from appliance.demo import DEMO_ADMIN_TOKEN, demo_admin_token
 from appliance.errors import InsufficientRole, InvalidAdminToken
-from appliance.settings import AdminToken
+from appliance.settings import AdminToken, ServerSettings
 
 VIEWER, OPERATOR, ORG_KEY = "rka-viewer-secret", "rka-operator-secret", "rk-org-key"
 
@@ -77,19 +77,23 @@ def test_no_tokens_configured_refuses_everyone_and_says_why() -> None:
 
 
 @pytest.mark.parametrize(
-    ("listen", "fixed"),
+    ("listen", "admin_listen", "fixed"),
     [
-        ("127.0.0.1:8080", True),
-        ("[::1]:8080", True),
-        ("localhost:8080", True),
-        ("0.0.0.0:8080", False),
-        ("10.1.2.3:8080", False),
-        ("router.example:8080", False),
+        ("127.0.0.1:8080", "127.0.0.1:8081", True),
+        ("[::1]:8080", "public", True),
+        ("localhost:8080", "[::1]:8081", True),
+        ("0.0.0.0:8080", "public", False),
+        ("10.1.2.3:8080", "127.0.0.1:8081", False),
+        ("127.0.0.1:8080", "0.0.0.0:8081", False),
+        ("router.example:8080", "public", False),
     ],
 )
-def test_the_demo_token_is_fixed_on_loopback_only(listen: str, fixed: bool) -> None:
-    """The README's demo token works on loopback; elsewhere each run makes a random one."""
-    token = demo_admin_token(listen)
+def test_the_demo_token_is_fixed_on_loopback_only(
+    listen: str, admin_listen: str, fixed: bool
+) -> None:
+    """The README's demo token works when every listener taking admin tokens (the admin one,
+    and the public one for usage lookups) is on loopback; else each run makes a random one."""
+    token = demo_admin_token(ServerSettings(listen=listen, admin_listen=admin_listen))
     assert (token == DEMO_ADMIN_TOKEN) is fixed
     assert token.startswith(ADMIN_TOKEN_PREFIX)
 

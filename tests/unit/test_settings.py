@@ -158,6 +158,31 @@ def test_bad_listen_in_file() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("nope", "expected HOST:PORT or \"public\", got 'nope'"),
+        ("127.0.0.1:0", "needs a fixed port (requests are told apart by the port they came in on)"),
+        ("0.0.0.0:8080", 'its port must differ from listen\'s (127.0.0.1:8080), or set "public"'),
+        (
+            "[::1]:9090",
+            'its port must differ from metrics_listen\'s (127.0.0.1:9090), or set "public"',
+        ),
+    ],
+)
+def test_admin_listen_needs_a_port_of_its_own(value: str, problem: str) -> None:
+    """admin_listen is HOST:PORT on a fixed port no other listener has, or "public"."""
+    text = f'[server]\nlisten = "127.0.0.1:8080"\nadmin_listen = "{value}"'
+    assert problems_of(text) == [f"r.toml:3: server.admin_listen: {problem}"]
+
+
+def test_admin_listen_default_and_public() -> None:
+    """By default the admin routes listen on loopback 8081; "public" is the explicit opt-in."""
+    assert Settings().server.admin_listen == "127.0.0.1:8081"
+    public = load_text('[server]\nadmin_listen = "public"\nmetrics_listen = ""', "r.toml", {})
+    assert public.settings.server.admin_listen == "public"
+
+
 def test_workers_with_limits_need_redis() -> None:
     """Several workers with in-process limits would each admit the whole limit: refused."""
     text = GOOD.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8080"\nworkers = 2')

@@ -11,7 +11,9 @@ from appliance.sqlite_support import StoreError
 
 def test_the_role_round_trips_through_the_environment() -> None:
     """What the supervisor encodes is what the worker reads; no variable means no role."""
-    role = WorkerRole(1, 2, listen_fd=3, ready_fd=4, metrics_path="run/w1.sock", supervisor_pid=9)
+    role = WorkerRole(
+        1, 2, listen_fds=(3, 5), ready_fd=4, metrics_path="run/w1.sock", supervisor_pid=9
+    )
     assert WorkerRole.from_environ({ENV: role.encode()}) == role
     assert WorkerRole.from_environ({}) is None
 
