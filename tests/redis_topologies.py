@@ -194,9 +194,9 @@ class SentinelServer(ServiceProcess):
         reply = _answers(
             lambda: call(self, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
         )
-        if not isinstance(reply, list) or len(reply) != 2:
+        if not isinstance(reply, list | tuple) or len(reply) != 2:
             return None
-        return str(reply[0], "ascii"), int(reply[1])
+        return _text(reply[0]), int(reply[1])
 
 
 class ReplicaServer(RedisServer):
@@ -248,9 +248,15 @@ def redis_sentinel(workdir: Path) -> Iterator[SentinelSet]:
 def _sentinels_ready(setup: SentinelSet) -> bool:
     for sentinel in setup.sentinels:
         info = _answers(lambda s=sentinel: call(s, "SENTINEL", "MASTER", s.master_name))
-        if not isinstance(info, list):
+        if isinstance(info, list):  # the raw reply; some redis-py versions parse it
+            info = dict(zip(info[::2], info[1::2], strict=True))
+        if not isinstance(info, dict):
             return False
-        fields = dict(zip(info[::2], info[1::2], strict=True))
-        if fields.get(b"num-slaves") != b"1" or fields.get(b"num-other-sentinels") != b"2":
+        fields = {_text(k): _text(v) for k, v in info.items()}
+        if fields.get("num-slaves") != "1" or fields.get("num-other-sentinels") != "2":
             return False
     return True
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
