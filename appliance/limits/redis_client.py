@@ -153,6 +153,8 @@ def _standalone(state: StateSettings, common: dict[str, Any], opts: ClientOption
         health_check_interval=10,
         **common,
     )
+    # The URL's own user and password lose to the keys: the secret may live in the env only.
+    pool.connection_kwargs.update({k: common[k] for k in ("username", "password") if k in common})
     return Redis.from_pool(pool)
 
 
