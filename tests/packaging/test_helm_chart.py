@@ -231,3 +231,23 @@ def test_pod_is_locked_down(helm: str, tmp_path: Path) -> None:
     assert {POD_TMP, state_dir} <= mounts.keys()
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts[POD_TMP]]
+
+
+def test_redis_cluster_password_comes_from_the_secret(helm: str, tmp_path: Path) -> None:
+    """A config pointing at a Redis Cluster gets the variable redis_password_env names from
+    the Secret, and the rendered TOML loads with it (and only with it)."""
+    config = (
+        '[state]\ndir = "/var/lib/routerctl"\nredis_mode = "cluster"\n'
+        'redis_endpoints = ["redis-0:6379", "redis-1:6379"]\n'
+        'redis_username = "routerctl"\nredis_password_env = "REDIS_PASSWORD"\n'
+        '# redis_password_env = "COMMENTED_OUT"\n'
+    )
+    docs = render(helm, tmp_path, {"config": config})
+    refs = {e["name"] for e in container(docs)["env"] if "valueFrom" in e}
+    assert refs == {"REDIS_PASSWORD"}
+    toml = router_toml(docs)
+    assert load_text(toml, "router.toml", {"REDIS_PASSWORD": "x"}).settings.state.redis_mode == (
+        "cluster"
+    )
+    with pytest.raises(ConfigError, match="REDIS_PASSWORD is not set"):
+        load_text(toml, "router.toml", {})
