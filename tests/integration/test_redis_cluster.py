@@ -12,6 +12,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 
 from appliance.auth.keyring import hash_key
+from appliance.doctor.redis_checks import check_redis
+from appliance.settings_loader import parse_settings
 from tests.integration.router_harness import RouterUnderTest, chat, running_router
 from tests.redis_topologies import Cluster, redis_cluster, wait_for
 
@@ -100,6 +102,17 @@ async def test_limits_are_exact_across_two_routers_on_a_cluster(cluster: Cluster
     assert (spent, refused) == ([200, 200], [429, 429])
     assert readyz["details"]["redis"].startswith("cluster: primary ")
     assert readyz["details"]["redis"].count(" ok") == 3
+
+
+async def test_doctor_names_the_mode_and_each_primary(cluster: Cluster) -> None:
+    """doctor's redis row on a cluster lists each primary's state; script and clock run too."""
+    settings = parse_settings(f"[state]\n{cluster_state(cluster)}\n")
+    rows = {row.check: row for row in await check_redis(settings, 2.0, {})}
+    primaries = "; ".join(f"primary {e} ok" for e in sorted(cluster.endpoints))
+    assert rows["redis"].status == "pass"
+    assert rows["redis"].detail == f"cluster: {primaries} (redis_failure_mode = open)"
+    assert rows["redis.script"].status in ("pass", "warn")  # answered by every primary
+    assert rows["clock"].status == "pass"
 
 
 async def test_primary_failover_under_load(cluster: Cluster) -> None:
