@@ -120,7 +120,7 @@ def build_app(
     usage = build_usage(settings, state_dir, metrics, runtime, config.kafka_password)
     usage.publishes = worker is None or worker.index == 0
     audit_sink = AuditSink(audit, forward=usage.forward_audit)
-    limits = build_limits(settings, state_dir, metrics, audit_sink)
+    limits = build_limits(settings, state_dir, metrics, audit_sink, os.environ)
     control = Control(
         registry=registry,
         book=book,
@@ -293,9 +293,13 @@ def _readiness(
 
     redis = limits.redis
 
-    async def redis_probe() -> None:
+    async def redis_probe() -> str:
         assert redis is not None
-        await redis.ping()
+        nodes = await redis.nodes()
+        states = "; ".join(str(node) for node in nodes)
+        if not all(node.ok for node in nodes):
+            raise ProbeFailed(f"{redis.mode}: {states}")
+        return f"{redis.mode}: {states}"
 
     kafka = usage.kafka
 

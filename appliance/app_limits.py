@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from appliance.audit.sink import AuditSink
 from appliance.limits.budget_gate import BudgetGate
@@ -22,6 +20,7 @@ from appliance.limits.concurrency import LeaseKeeper
 from appliance.limits.limiter import Limiter, LimiterStores
 from appliance.limits.memory_store import MemoryAdmissionStore
 from appliance.limits.ports import LimiterBackendError
+from appliance.limits.redis_client import RedisConnection, connect_redis
 from appliance.limits.redis_store import RedisAdmissionStore
 from appliance.limits.settler import Settler
 from appliance.limits.spend_sqlite import SqliteSpendStore
@@ -41,7 +40,7 @@ class LimitParts:
     sink: AuditSink
     settler: Settler
     spend: SqliteSpendStore | None = None  # embedded mode only
-    redis: Redis | None = None
+    redis: RedisConnection | None = None
     shared: RedisAdmissionStore | None = None
     keeper: LeaseKeeper | None = None
     authority: HttpBudgetAuthority | None = None
@@ -79,7 +78,11 @@ class LimitParts:
 
 
 def build_limits(
-    settings: Settings, state_dir: Path, metrics: Metrics, sink: AuditSink
+    settings: Settings,
+    state_dir: Path,
+    metrics: Metrics,
+    sink: AuditSink,
+    environ: Mapping[str, str],
 ) -> LimitParts:
     """Embedded (in-process limits, SQLite spend) or shared (Redis), chosen here only.
 
@@ -88,10 +91,10 @@ def build_limits(
     limits = settings.limits
     observer = LimitMetrics(metrics.registry)
     redis, shared, keeper, spend = None, None, None, None
-    if settings.state.redis_url:
-        redis = _redis_client(settings.state.redis_url)
+    if settings.state.redis_configured:
+        redis = connect_redis(settings.state, environ)
         shared = RedisAdmissionStore(
-            redis, lease_s=limits.concurrency_lease_s, timeout_s=limits.redis_timeout_s
+            redis.client, lease_s=limits.concurrency_lease_s, timeout_s=limits.redis_timeout_s
         )
         keeper = LeaseKeeper(shared)
         # The in-process store is the fallback while Redis is away: no budget checks then.
@@ -120,20 +123,3 @@ def build_limits(
         monotonic=time.monotonic,
     )
     return LimitParts(limiter, sink, settler, spend, redis, shared, keeper, authority)
-
-
-def _redis_client(url: str) -> Redis:
-    # A blocking pool queues callers for a connection (each call is still bounded by
-    # redis_timeout_s) instead of failing past max_connections.
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=64,
-        timeout=2.0,
-        # Each store call is bounded by redis_timeout_s; socket timeouts only clean up.
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
-        health_check_interval=10,
-        # One immediate retry replaces a stale pooled connection after a Redis restart.
-        retry=Retry(NoBackoff(), 1),
-    )
-    return Redis.from_pool(pool)

@@ -20,15 +20,16 @@ class ProbeFailed(Exception):
     """A probe's short, secret-free reason for calling its component unhealthy."""
 
 
-Probe = Callable[[], Awaitable[None]]
-"""Returns when the component is healthy; raises (ProbeFailed or any error) when not."""
+Probe = Callable[[], Awaitable[str | None]]
+"""Returns when the component is healthy (with a note for `details`, or None); raises
+(ProbeFailed or any error) when not."""
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
     ready: bool
     components: dict[str, ComponentStatus]
-    details: dict[str, str]  # why an unhealthy component is unhealthy
+    details: dict[str, str]  # why an unhealthy component is unhealthy, or a healthy one's note
     shutting_down: bool
 
 
@@ -85,24 +86,24 @@ class Readiness:
         outcomes = await asyncio.gather(*(self._probe(n) for n in names))
         components: dict[str, ComponentStatus] = dict.fromkeys(COMPONENTS, "disabled")
         details: dict[str, str] = {}
-        for name, reason in zip(names, outcomes, strict=True):
-            components[name] = "healthy" if reason is None else "unhealthy"
-            if reason is not None:
-                details[name] = reason
+        for name, (healthy, detail) in zip(names, outcomes, strict=True):
+            components[name] = "healthy" if healthy else "unhealthy"
+            if detail is not None:
+                details[name] = detail
         ready = all(components[name] == "healthy" for name in self._required)
         return Report(ready, components, details, shutting_down=False)
 
-    async def _probe(self, name: str) -> str | None:
+    async def _probe(self, name: str) -> tuple[bool, str | None]:
+        """Healthy or not, and the note or the reason."""
         probe = self._probes[name]
         assert probe is not None
         try:
             async with asyncio.timeout(self._timeout_s):
-                await probe()
+                return True, await probe()
         except TimeoutError:
-            return f"no answer within {self._timeout_s:g}s"
+            return False, f"no answer within {self._timeout_s:g}s"
         except ProbeFailed as exc:
-            return str(exc)
+            return False, str(exc)
         except Exception as exc:
             # The class name only: messages of client libraries can carry addresses or URLs.
-            return type(exc).__name__
-        return None
+            return False, type(exc).__name__

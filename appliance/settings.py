@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from appliance.settings_kafka import kafka_security_problems
+from appliance.settings_redis import redis_problems
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
@@ -46,11 +47,23 @@ class ServerSettings(_Section, frozen=True):
 
 class StateSettings(_Section, frozen=True):
     dir: str = "./routerctl-state"
-    redis_url: str = ""
+    redis_url: str = ""  # standalone: redis://[user@]host:port/db, rediss:// for TLS
     redis_failure_mode: Literal["open", "closed"] = "open"
+    redis_mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    redis_endpoints: tuple[str, ...] = ()  # sentinel: the sentinels; cluster: seed nodes
+    redis_sentinel_master: str = ""  # the master name the sentinels monitor
+    redis_username: str = ""  # ACL user (with redis_password_env)
+    redis_password_env: EnvName | None = None  # the variable holding the password
+    redis_tls: bool = False  # TLS to every node (implied by rediss:// or redis_tls_ca_file)
+    redis_tls_ca_file: str = ""
     # Free space kept on the state dir's filesystem: below it new requests are refused (503)
     # before any backend is called, so a record always has room. 0 turns the check off.
     min_free_mb: NonNegFloat = 64.0
+
+    @property
+    def redis_configured(self) -> bool:
+        """Limits and spend are shared in Redis (else kept in this process)."""
+        return bool(self.redis_url or self.redis_endpoints)
 
 
 class AdminToken(_Section, frozen=True):
@@ -254,7 +267,7 @@ def semantic_problems(settings: Settings) -> list[Problem]:
 def _workers_problems(settings: Settings) -> list[Problem]:
     """Workers are separate processes: limits and budgets they enforce must live in Redis,
     or each worker would admit the whole limit on its own."""
-    if settings.server.workers == 1 or settings.state.redis_url:
+    if settings.server.workers == 1 or settings.state.redis_configured:
         return []
     limited = [f"org {o.id!r}" for o in settings.orgs if o.rpm or o.tpm or o.max_concurrent]
     limited += [f"org {o.id!r}" for o in settings.orgs if o.monthly_budget_usd > 0]
@@ -266,8 +279,9 @@ def _workers_problems(settings: Settings) -> list[Problem]:
     return [
         (
             ("server", "workers"),
-            "more than 1 worker needs [state] redis_url so that the workers share limits and "
-            f"budgets ({', '.join(dict.fromkeys(limited))} has some); set it, or workers = 1",
+            "more than 1 worker needs [state] redis_url (or redis_endpoints) so that the "
+            f"workers share limits and budgets ({', '.join(dict.fromkeys(limited))} has some);"
+            " set it, or workers = 1",
         )
     ]
 
@@ -298,9 +312,7 @@ def _config_service_problems(settings: Settings) -> list[Problem]:
 
 def _backend_problems(settings: Settings) -> list[Problem]:
     problems: list[Problem] = _config_service_problems(settings)
-    redis_url = settings.state.redis_url
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        problems.append((("state", "redis_url"), "must start with redis://, rediss:// or unix://"))
+    problems += redis_problems(settings.state)
     if settings.usage.sink == "kafka" and not settings.usage.kafka_bootstrap:
         problems.append((("usage", "kafka_bootstrap"), 'required when sink = "kafka"'))
     problems += kafka_security_problems(settings.usage)

@@ -22,6 +22,7 @@ import msgspec
 from appliance.settings import Problem, Settings, semantic_problems
 from appliance.settings_kafka import kafka_environment_problems, kafka_password
 from appliance.settings_messages import readable, unknown_key
+from appliance.settings_redis import redis_environment_problems
 
 KeyPath = tuple[str | int, ...]
 
@@ -74,6 +75,8 @@ def load_text(
     if settings is not None:
         credentials, missing = resolve_credentials(settings, env)
         problems += missing + kafka_environment_problems(settings.usage, env)
+        if settings.state.redis_configured:
+            problems += redis_environment_problems(settings.state, env)
     if problems or settings is None:
         raise _error(text, source, problems)
     password = kafka_password(settings.usage, env)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from appliance.limits import bucket
@@ -38,6 +38,7 @@ from appliance.limits.ports import (
     Verdict,
 )
 from appliance.limits.redis_batch import AutoPipeline, Call
+from appliance.limits.redis_client import RedisClient, describe
 from appliance.limits.redis_script import BUCKET_LUA, BUCKET_SHA
 from appliance.telemetry.logging import get_logger
 
@@ -61,12 +62,12 @@ class _OrgBatch:
 
 
 class RedisAdmissionStore:
-    """An `AdmissionStore` over a caller-owned `redis.asyncio.Redis` client; it also holds the
-    leases it took, for `LeaseKeeper` to renew."""
+    """An `AdmissionStore` over a caller-owned client (`Redis` or `RedisCluster`, from
+    redis_client.py); it also holds the leases it took, for `LeaseKeeper` to renew."""
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         prefix: str = "",
         lease_s: float = 60.0,
@@ -81,6 +82,9 @@ class RedisAdmissionStore:
         self._loaded = False
         self._held: set[tuple[str, str]] = set()  # (slot set key, holder), renewed until released
         self._folded: set[tuple[str, str]] = set()  # (org, period) whose old spend key was moved
+        # The untagged key of the old layout is in another slot (CROSSSLOT): a cluster
+        # never held that layout, so there is nothing to fold.
+        self._fold = not isinstance(client, RedisCluster)
         self._admissions = AutoPipeline(self._send_admissions)
 
     @property
@@ -110,7 +114,7 @@ class RedisAdmissionStore:
         try:
             reply = await self._admissions.call(self._admit_call(request))
         except RedisError as exc:  # this call's own error reply (the batch's is one already)
-            raise LimiterBackendError(f"redis admit failed: {_describe(exc)}") from exc
+            raise LimiterBackendError(f"redis admit failed: {describe(exc)}") from exc
         return self._verdict(request, reply)
 
     async def settle(self, batch: Sequence[Settlement]) -> dict[str, float]:
@@ -126,7 +130,7 @@ class RedisAdmissionStore:
         self._folded.update(fresh)  # one answered attempt each: an error is logged, not retried
         for reply in replies[:folds]:
             if isinstance(reply, RedisError):
-                _log.warning("limiter_spend_fold_failed", error=_describe(reply))
+                _log.warning("limiter_spend_fold_failed", error=describe(reply))
         totals: dict[str, float] = {}
         failed = None
         for org, reply in zip(orgs, replies[folds:], strict=True):
@@ -135,7 +139,7 @@ class RedisAdmissionStore:
             elif reply:
                 totals[org] = float(reply.split()[-1])  # the last period of the batch
         if failed is not None:
-            raise LimiterBackendError(f"redis settle failed: {_describe(failed)}")
+            raise LimiterBackendError(f"redis settle failed: {describe(failed)}")
         return totals
 
     async def renew(self, pairs: Sequence[tuple[str, str]]) -> int:
@@ -156,7 +160,7 @@ class RedisAdmissionStore:
         replies = await self._bounded("renew", self._pipeline(calls))
         for reply in replies:
             if isinstance(reply, RedisError):
-                raise LimiterBackendError(f"redis renew failed: {_describe(reply)}")
+                raise LimiterBackendError(f"redis renew failed: {describe(reply)}")
         return sum(int(reply) for reply in replies)
 
     async def ping(self) -> None:
@@ -225,6 +229,8 @@ class RedisAdmissionStore:
 
     def _to_fold(self, groups: dict[str, _OrgBatch]) -> list[tuple[str, str]]:
         """(org, period) pairs spending here for the first time: their old keys are moved."""
+        if not self._fold:
+            return []
         return [(o, p) for o, g in groups.items() for p in g.spend if (o, p) not in self._folded]
 
     def _fold_call(self, org: str, period: str) -> Call:
@@ -273,18 +279,12 @@ class RedisAdmissionStore:
             async with asyncio.timeout(self._timeout_s):
                 return await call
         except (RedisError, OSError) as exc:  # OSError includes asyncio's TimeoutError
-            raise LimiterBackendError(f"redis {op} failed: {_describe(exc)}") from exc
+            raise LimiterBackendError(f"redis {op} failed: {describe(exc)}") from exc
 
 
 def _hash_tag(key: str) -> str:
     """The org a key belongs to: the text between its first '{' and the next '}'."""
     return key.partition("{")[2].partition("}")[0]
-
-
-def _describe(exc: BaseException) -> str:
-    # The class and the library's message (host:port at most), never the client's URL.
-    text = str(exc)[:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 __all__ = ["BUCKET_LUA", "RETENTION_AFTER_PERIOD_S", "RedisAdmissionStore"]

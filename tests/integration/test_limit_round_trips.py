@@ -32,7 +32,7 @@ class Audit:
 class RoundTrips:
     """Counts what the limiter's Redis client sends: each command or pipeline is one trip."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, client: aioredis.Redis) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, client: aioredis.Redis | Any) -> None:
         self.count = 0
         single: Any = client.execute_command
         batch: Any = Pipeline.execute
@@ -66,7 +66,7 @@ async def parts(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Limi
         state=StateSettings(redis_url=redis_server.url, redis_failure_mode="closed"),
         limits=LimitSettings(redis_timeout_s=2.0),
     )
-    built = build_limits(settings, tmp_path, Metrics(), Audit())  # type: ignore[arg-type]
+    built = build_limits(settings, tmp_path, Metrics(), Audit(), {})  # type: ignore[arg-type]
     await built.open()
     try:
         yield built
@@ -109,7 +109,7 @@ async def test_each_admission_is_one_round_trip(
     costs exactly one Redis round trip carrying one EVALSHA."""
     assert parts.redis is not None
     limiter = parts.limiter
-    trips = RoundTrips(monkeypatch, parts.redis)
+    trips = RoundTrips(monkeypatch, parts.redis.client)
     warm = await limiter.admit(policy, 100, "warm-up")  # script loads, first budget read
     limiter.release(warm)
     await settled(parts)
@@ -133,7 +133,7 @@ async def test_each_settled_request_is_at_most_one_round_trip(
     slots released) costs one round trip with one EVALSHA."""
     assert parts.redis is not None
     limiter = parts.limiter
-    trips = RoundTrips(monkeypatch, parts.redis)
+    trips = RoundTrips(monkeypatch, parts.redis.client)
     for n in range(6):
         permit = await limiter.admit(policy, 100, f"r{n}")
 
@@ -164,7 +164,7 @@ async def test_settlements_of_concurrent_requests_share_round_trips(
     limiter.release(first)
     await settled(parts)
     permits = await asyncio.gather(*(limiter.admit(policy, 100, f"r{n}") for n in range(50)))
-    trips = RoundTrips(monkeypatch, parts.redis)
+    trips = RoundTrips(monkeypatch, parts.redis.client)
 
     async def finish_all() -> None:
         for permit in permits:

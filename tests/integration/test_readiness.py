@@ -74,7 +74,8 @@ async def test_all_configured_components_healthy(
         "build_time": BUILD.build_time,
     }
     assert str(body["timestamp"]).endswith("Z")
-    assert "details" not in body
+    # Only Redis adds a note when healthy: its mode and each node's state.
+    assert body["details"] == {"redis": f"standalone: primary 127.0.0.1:{redis_server.port} ok"}
 
 
 async def test_embedded_router_reports_unconfigured_components_disabled() -> None:

@@ -291,3 +291,23 @@ def test_a_sasl_ssl_kafka_gets_its_password_and_ca_file(helm: str, tmp_path: Pat
     }
     volumes = {v["name"]: v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"]}
     assert volumes["kafka-tls"]["secret"] == {"secretName": "kafka-tls"}
+
+
+def test_redis_cluster_password_comes_from_the_secret(helm: str, tmp_path: Path) -> None:
+    """A config pointing at a Redis Cluster gets the variable redis_password_env names from
+    the Secret, and the rendered TOML loads with it (and only with it)."""
+    config = (
+        '[state]\ndir = "/var/lib/routerctl"\nredis_mode = "cluster"\n'
+        'redis_endpoints = ["redis-0:6379", "redis-1:6379"]\n'
+        'redis_username = "routerctl"\nredis_password_env = "REDIS_PASSWORD"\n'
+        '# redis_password_env = "COMMENTED_OUT"\n'
+    )
+    docs = render(helm, tmp_path, {"config": config})
+    refs = {e["name"] for e in container(docs)["env"] if "valueFrom" in e}
+    assert refs == {"REDIS_PASSWORD"}
+    toml = router_toml(docs)
+    assert load_text(toml, "router.toml", {"REDIS_PASSWORD": "x"}).settings.state.redis_mode == (
+        "cluster"
+    )
+    with pytest.raises(ConfigError, match="REDIS_PASSWORD is not set"):
+        load_text(toml, "router.toml", {})

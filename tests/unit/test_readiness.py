@@ -114,3 +114,15 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_probe(cancel_first:
     survivor = second if cancel_first else first
     assert (await survivor).ready
     assert redis.calls == 1
+
+
+async def test_a_healthy_probe_note_is_shown_in_details() -> None:
+    """A healthy probe may say what it saw (Redis: the mode and each node), shown in details."""
+
+    async def noted() -> str:
+        return "cluster: primary 10.0.0.1:7000 ok"
+
+    report = await readiness({"redis": noted}, Clock()).check()
+    assert report.ready
+    assert report.components["redis"] == "healthy"
+    assert report.details == {"redis": "cluster: primary 10.0.0.1:7000 ok"}

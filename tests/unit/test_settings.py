@@ -188,8 +188,9 @@ def test_workers_with_limits_need_redis() -> None:
     text = GOOD.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8080"\nworkers = 2')
     limited = text + '\n[[orgs]]\nid = "beta"\nrpm = 10\n'
     assert problems_of(limited, {"A_KEY": "x"}) == [
-        "r.toml:4: server.workers: more than 1 worker needs [state] redis_url so that the "
-        "workers share limits and budgets (org 'beta' has some); set it, or workers = 1",
+        "r.toml:4: server.workers: more than 1 worker needs [state] redis_url (or "
+        "redis_endpoints) so that the workers share limits and budgets (org 'beta' has "
+        "some); set it, or workers = 1",
     ]
     shared = limited.replace(
         "[server]", '[state]\nredis_url = "redis://127.0.0.1:6379"\n\n[server]'

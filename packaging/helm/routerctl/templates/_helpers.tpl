@@ -40,14 +40,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-backend-keys" (include "routerctl.fullname" .)) .Values.backendKeys.secretName }}
 {{- end }}
 
-{{/* The environment variables the config reads secrets from: every api_key_env and every
-*password_env (Kafka, Redis, etcd), every value of a secret_headers inline table (comment lines
-skipped), plus backendKeys.extraEnvNames; one per line. */}}
+{{/* The environment variables the config reads secrets from: every api_key_env, every
+*password_env ([state] redis_password_env, [usage] kafka_password_env, [config_service]
+password_env) and every value of a secret_headers inline table (comment lines skipped), plus
+backendKeys.extraEnvNames; one per line. */}}
 {{- define "routerctl.backendKeyEnvs" -}}
 {{- $envName := "\"[A-Za-z_][A-Za-z0-9_]*\"" }}
 {{- $names := list }}
-{{- range regexFindAll (printf "(?m)^[^#\\n]*\\b(api_key_env|[a-z_]*password_env)\\s*=\\s*%s" $envName) .Values.config -1 }}
-{{- $setting := regexFind (printf "_env\\s*=\\s*%s" $envName) . }}
+{{- $secretKey := "\\b(api_key|[a-z_]*password)_env\\s*=\\s*" }}
+{{- range regexFindAll (printf "(?m)^[^#\\n]*%s%s" $secretKey $envName) .Values.config -1 }}
+{{- $setting := regexFind (printf "%s%s" $secretKey $envName) . }}
 {{- $names = append $names (regexFind $envName $setting | trimAll "\"") }}
 {{- end }}
 {{- range regexFindAll "(?m)^[^#\\n]*\\bsecret_headers\\s*=\\s*\\{[^}\\n]*\\}" .Values.config -1 }}
