@@ -210,6 +210,7 @@ def routerctl_conf(
     kafka_bootstrap: str = "",
     full: bool = False,
     workers: int = 1,
+    admin_port: int = 0,
 ) -> str:
     """The plain config; with `redis_url`, the same plus huge rpm/tpm limits kept in Redis.
 
@@ -230,6 +231,8 @@ def routerctl_conf(
     nothing when Redis answers, so the measured cost is that of the default.
     """
     digest = hashlib.sha256(key.encode()).hexdigest()
+    # The admin API on its own port, as by default (its listener check is on every request).
+    admin = f'admin_listen = "127.0.0.1:{admin_port}"\n' if admin_port else ""
     state, limits, usage, org_extra, prices = "", "", "", "", ""
     access_log = "false"
     if sink:
@@ -249,7 +252,7 @@ def routerctl_conf(
 [server]
 listen = "127.0.0.1:{port}"
 metrics_listen = "127.0.0.1:{metrics_port}"
-workers = {workers}
+{admin}workers = {workers}
 
 [state]
 dir = "{state_dir}"
@@ -302,7 +305,7 @@ def start_routerctl(
 
     Returns it and the API key its config accepts. Each instance has its own state dir.
     """
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, admin_port = free_port(), free_port(), free_port()
     key = "sk-bench-" + secrets.token_hex(16)
     conf = tmp / f"{name}.toml"
     state_dir = tmp / f"{name}-state"
@@ -318,6 +321,7 @@ def start_routerctl(
             kafka_bootstrap=kafka_bootstrap,
             full=full,
             workers=workers,
+            admin_port=admin_port,
         )
     )
     argv = [*routerctl_argv(), "serve", "--config", str(conf)]

@@ -300,7 +300,7 @@ def admin_write(router: RouterProcess) -> Callable[[Figures], Awaitable[None]]:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
             session.post(
-                f"{router.url}/v1/admin/backends/b0/degrade",
+                router.url_for("/v1/admin/backends/b0/degrade"),
                 json={"weight": 0.5, "reason": "drill"},
                 headers=headers,
             ) as response,

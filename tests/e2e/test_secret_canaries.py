@@ -181,7 +181,7 @@ async def router(config: Path, tmp: Path) -> AsyncIterator[RouterProcess]:
 class Client:
     """HTTP calls to the router; every answer's status line, headers and body are scanned."""
 
-    url: str
+    router: RouterProcess
     session: aiohttp.ClientSession
     outputs: Outputs
     last_id: str = ""
@@ -192,7 +192,7 @@ class Client:
         """(status, body) of one call; its request id is kept in `last_id`."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with self.session.request(
-            method, f"{self.url}{path}", json=body, headers=headers
+            method, self.router.url_for(path), json=body, headers=headers
         ) as response:
             data = await response.read()
         self.last_id = response.headers.get("x-request-id", "")
@@ -252,11 +252,11 @@ async def admin(client: Client, request_id: str) -> None:
 async def cli_outputs(router: RouterProcess, config: Path, outputs: Outputs) -> None:
     """What the operator's commands print, each scanned (run in threads: the mock and the
     collector answer from this loop)."""
-    env = {**SECRETS, "ROUTERCTL_URL": router.url}
+    env = {**SECRETS, "ROUTERCTL_URL": router.admin_url}
     commands = [
         ("config", "show", str(config)),
         ("doctor", "--config", str(config), "--timeout", "2"),
-        ("doctor", "--url", router.url),
+        ("doctor", "--url", router.admin_url),
         ("backend", "list"),
         ("audit", "lookup", "--since", "1h"),
     ]
@@ -288,7 +288,7 @@ async def test_no_canary_secret_in_any_output(
             router(config, tmp_path) as running,
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
         ):
-            client = Client(running.url, session, outputs)
+            client = Client(running, session, outputs)
             request_id = await inference(client)
             await admin(client, request_id)
             async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
