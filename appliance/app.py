@@ -46,7 +46,7 @@ from appliance.routing.retry_budget import RetryBudget
 from appliance.routing.sqlite_override_store import SqliteOverrideStore
 from appliance.runtime import Runtime
 from appliance.settings import Settings
-from appliance.settings_loader import LoadedConfig
+from appliance.settings.loader import LoadedConfig
 from appliance.telemetry.config_metrics import ConfigMetrics
 from appliance.telemetry.limit_metrics import BudgetLimits
 from appliance.telemetry.logging import get_logger

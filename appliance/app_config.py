@@ -20,7 +20,7 @@ from appliance.configsvc.service import ConfigService
 from appliance.configsvc.sqlite_cache import SqliteConfigCache
 from appliance.routing.sqlite_override_store import SqliteOverrideStore
 from appliance.settings import Settings
-from appliance.settings_loader import LoadedConfig, load_file
+from appliance.settings.loader import LoadedConfig, load_file
 
 
 @dataclass

@@ -15,7 +15,7 @@ from appliance.audit.events import AuditEvent, encode_event
 from appliance.readiness import ProbeFailed
 from appliance.runtime import Runtime
 from appliance.settings import Settings
-from appliance.settings_loader import ConfigError
+from appliance.settings.loader import ConfigError
 from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.metrics import Metrics

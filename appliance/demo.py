@@ -35,7 +35,7 @@ from appliance.settings import (
     admin_listen_problems,
     parse_listen,
 )
-from appliance.settings_loader import BackendCredentials, ConfigError, LoadedConfig
+from appliance.settings.loader import BackendCredentials, ConfigError, LoadedConfig
 
 DEMO_KEY = "rk-demo-key-for-local-use-only"
 DEMO_MODEL = "demo"

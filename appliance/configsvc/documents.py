@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from appliance.settings import ApiKey, Backend, Model, Org, Settings, semantic_problems
-from appliance.settings_loader import format_path, schema_problems
+from appliance.settings.loader import format_path, schema_problems
 
 KINDS: dict[str, type[msgspec.Struct]] = {
     "backends": Backend,

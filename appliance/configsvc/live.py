@@ -15,7 +15,7 @@ import msgspec
 
 from appliance.runtime import Runtime
 from appliance.settings import Backend, Settings
-from appliance.settings_loader import BackendCredentials, resolve_credentials
+from appliance.settings.loader import BackendCredentials, resolve_credentials
 
 # Sections a running router cannot change: listeners, state, sinks, telemetry, admin tokens,
 # limiter wiring, readiness and the config service itself. A reload that changes one applies

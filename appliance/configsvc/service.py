@@ -13,7 +13,7 @@ import msgspec
 from appliance.configsvc.etcd_source import ApplyObserver, EtcdConfigSource
 from appliance.configsvc.live import ApplyError, LiveConfig, keep_static
 from appliance.readiness import ProbeFailed
-from appliance.settings_loader import ConfigError, LoadedConfig
+from appliance.settings.loader import ConfigError, LoadedConfig
 from appliance.telemetry.logging import get_logger
 
 _log = get_logger("routerctl.config")

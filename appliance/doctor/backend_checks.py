@@ -16,7 +16,7 @@ import msgspec
 
 from appliance.doctor.report import CheckResult, count, describe, failed, passed, warned
 from appliance.settings import Backend, Settings
-from appliance.settings_loader import BackendCredentials
+from appliance.settings.loader import BackendCredentials
 
 _MAX_MODELS_BYTES = 4 * 1024 * 1024  # a model list is small; never read a runaway body
 

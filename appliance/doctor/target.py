@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from appliance.doctor.report import CheckResult, count, failed, passed, warned
 from appliance.settings import Settings
-from appliance.settings_kafka import kafka_password
-from appliance.settings_loader import (
+from appliance.settings.kafka import kafka_password
+from appliance.settings.loader import (
     ConfigError,
     LoadedConfig,
     load_text,

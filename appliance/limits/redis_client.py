@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from appliance.settings import StateSettings
-from appliance.settings_redis import redis_password
+from appliance.settings.redis import redis_password
 
 RedisClient = Redis | RedisCluster
 NodeRole = Literal["primary", "master", "sentinel"]

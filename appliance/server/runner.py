@@ -22,7 +22,7 @@ from appliance.server.hypercorn_setup import hypercorn_config
 from appliance.server.metrics_listener import MetricsListener
 from appliance.server.startup_error import StartupError
 from appliance.server.worker_role import WorkerRole
-from appliance.settings_loader import LoadedConfig
+from appliance.settings.loader import LoadedConfig
 from appliance.telemetry.logging import configure_logging, get_logger
 from appliance.telemetry.metrics import Metrics
 

@@ -21,7 +21,7 @@ from appliance.errors import (
     UpstreamTimeout,
 )
 from appliance.settings import Backend
-from appliance.settings_loader import BackendCredentials
+from appliance.settings.loader import BackendCredentials
 
 # Connections kept per backend between requests; bursts beyond it open new ones.
 _POOL_LIMIT = 1024

@@ -26,7 +26,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from appliance.settings import UsageSettings
-from appliance.settings_kafka import SASL_PROTOCOLS, TLS_PROTOCOLS
+from appliance.settings.kafka import SASL_PROTOCOLS, TLS_PROTOCOLS
 
 _AUTH_ERRORS = (SaslAuthenticationFailed, IllegalSaslStateError, UnsupportedSaslMechanismError)
 

@@ -25,8 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from appliance.settings import Settings, TelemetrySettings
-from appliance.settings_kafka import kafka_environment_problems, kafka_password
-from appliance.settings_loader import ConfigError, format_path, parse_settings
+from appliance.settings.kafka import kafka_environment_problems, kafka_password
+from appliance.settings.loader import ConfigError, format_path, parse_settings
 from appliance.sqlite_support import StoreError
 from appliance.telemetry.logging import configure_logging
 from appliance.usage.buffer_report import (

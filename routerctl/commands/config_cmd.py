@@ -12,7 +12,7 @@ import msgspec
 import typer
 
 from appliance.settings import Settings, to_builtins
-from appliance.settings_loader import ConfigError, load_file, parse_settings
+from appliance.settings.loader import ConfigError, load_file, parse_settings
 from routerctl.commands.output import fail, fail_lines, print_json
 
 if TYPE_CHECKING:

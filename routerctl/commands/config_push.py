@@ -29,7 +29,7 @@ from appliance.configsvc.documents import (
 )
 from appliance.configsvc.etcd_client import EtcdClient, Snapshot
 from appliance.settings import Settings, semantic_problems
-from appliance.settings_loader import (
+from appliance.settings.loader import (
     ConfigError,
     format_path,
     load_text,

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from appliance.settings_loader import ConfigError
+from appliance.settings.loader import ConfigError
 from routerctl.commands.admin_view import JsonOption, print_table
 from routerctl.commands.output import fail, fail_lines, print_json
 

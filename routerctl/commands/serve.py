@@ -18,7 +18,7 @@ from appliance.settings import (
     admin_listen_problems,
     parse_listen,
 )
-from appliance.settings_loader import ConfigError, LoadedConfig, load_file
+from appliance.settings.loader import ConfigError, LoadedConfig, load_file
 from routerctl.commands.output import fail, fail_lines
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import pytest
 
 from appliance.app import build_app
 from appliance.auth.keyring import hash_key
-from appliance.settings_loader import load_file
+from appliance.settings.loader import load_file
 from tests.e2e.cli import RouterProcess, router_process, run_cli
 from tests.reliability import Figures
 from tests.services import free_port

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from appliance.app import build_app
 from appliance.auth.keyring import hash_key
-from appliance.settings_loader import load_file
+from appliance.settings.loader import load_file
 from tests.e2e.cli import RouterProcess, router_process
 from tests.reliability import Figures
 

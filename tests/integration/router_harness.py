@@ -15,7 +15,7 @@ from appliance.app import AppState, build_app
 from appliance.auth.keyring import hash_key
 from appliance.mock.server import MockBackend
 from appliance.server import MetricsListener, hypercorn_config
-from appliance.settings_loader import load_text
+from appliance.settings.loader import load_text
 from tests.services import free_port
 
 KEY = "rk-test-key-acme"

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from appliance.doctor import load_target, run_doctor
-from appliance.settings_loader import load_text
+from appliance.settings.loader import load_text
 from appliance.usage.kafka_security import KafkaSecurity
 from appliance.usage.kafka_sink import KafkaSink
 from appliance.usage.ports import OutboxItem, SinkError

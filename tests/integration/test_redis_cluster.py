@@ -13,7 +13,7 @@ import pytest
 
 from appliance.auth.keyring import hash_key
 from appliance.doctor.redis_checks import check_redis
-from appliance.settings_loader import parse_settings
+from appliance.settings.loader import parse_settings
 from tests.integration.router_harness import RouterUnderTest, chat, running_router
 from tests.redis_topologies import Cluster, redis_cluster, wait_for
 

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from appliance.doctor.state_checks import check_state
-from appliance.settings_loader import parse_settings
+from appliance.settings.loader import parse_settings
 from tests.integration.router_harness import RouterUnderTest, chat, chat_requests, running_router
 from tests.reliability import Figures
 from tests.small_fs import fill, tmpfs

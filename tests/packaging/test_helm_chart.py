@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from appliance.settings_loader import ConfigError, load_text
+from appliance.settings.loader import ConfigError, load_text
 from tests import tools
 
 ROOT = Path(__file__).resolve().parents[2]

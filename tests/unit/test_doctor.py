@@ -11,7 +11,7 @@ from appliance.doctor.redis_checks import redis_target
 from appliance.doctor.report import CheckResult, any_failed, passed, warned
 from appliance.doctor.runner import _bounded
 from appliance.doctor.target import check_config, load_target
-from appliance.settings_loader import ConfigError
+from appliance.settings.loader import ConfigError
 
 MB = 1024 * 1024
 MINIMAL = """\

@@ -12,7 +12,7 @@ from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismEr
 from typer.testing import CliRunner
 
 from appliance.settings import UsageSettings
-from appliance.settings_loader import ConfigError, load_text
+from appliance.settings.loader import ConfigError, load_text
 from appliance.usage.kafka_security import KafkaSecurity, KafkaSecurityError, classify
 from appliance.usage.kafka_sink import KafkaSink
 from routerctl.main import app

@@ -18,7 +18,7 @@ from appliance.http import fast_path
 from appliance.http.admin_shapes import OverrideView
 from appliance.http.errors import SERVED
 from appliance.http.openapi import build_document, encode_document
-from appliance.settings_loader import load_text
+from appliance.settings.loader import load_text
 
 DOCS_COPY = Path(__file__).parents[2] / "docs" / "openapi.json"
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")  # werkzeug's <converter:name>

@@ -6,7 +6,7 @@ import pytest
 
 from appliance.limits.redis_client import connect_redis
 from appliance.settings import StateSettings
-from appliance.settings_loader import ConfigError, load_text
+from appliance.settings.loader import ConfigError, load_text
 
 
 def problems(state: str, environ: dict[str, str] | None = None) -> list[str]:

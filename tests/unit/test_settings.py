@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.settings import Settings, parse_listen
-from appliance.settings_loader import ConfigError, load_text, parse_settings
+from appliance.settings.loader import ConfigError, load_text, parse_settings
 
 GOOD = """
 [server]

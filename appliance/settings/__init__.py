@@ -1,6 +1,6 @@
 """The TOML schema: immutable msgspec Structs with a default for every setting.
 
-Loading, line-precise errors and environment lookups live in `settings_loader`; this
+Loading, line-precise errors and environment lookups live in `settings.loader`; this
 module only says what a valid configuration is.
 """
 
@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from appliance.settings_kafka import kafka_security_problems
-from appliance.settings_redis import redis_problems
+from appliance.settings.kafka import kafka_security_problems
+from appliance.settings.redis import redis_problems
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]

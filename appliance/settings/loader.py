@@ -20,9 +20,9 @@ from typing import Any, get_args, get_origin
 import msgspec
 
 from appliance.settings import Problem, Settings, semantic_problems
-from appliance.settings_kafka import kafka_environment_problems, kafka_password
-from appliance.settings_messages import readable, unknown_key
-from appliance.settings_redis import redis_environment_problems
+from appliance.settings.kafka import kafka_environment_problems, kafka_password
+from appliance.settings.messages import readable, unknown_key
+from appliance.settings.redis import redis_environment_problems
 
 KeyPath = tuple[str | int, ...]
 
