@@ -1,23 +1,26 @@
 """Lingering close (RFC 9112 §9.6): a connection the router closes while the client may still
 be sending is half-closed first, and what arrives after is read and dropped until the client
-closes too or `LINGER_S` passes.
+closes too, `LINGER_S` passes or `LINGER_BYTES` have been dropped.
 
 Without it, a connection closed with unread bytes in its receive buffer (a 413 answered from
 the head of a 100 MB upload, a 431, a 408) is reset by the kernel, and a client still writing
 loses the answer it was sent: it sees "connection reset" instead of the status. Dropped bytes
-are never buffered, and the wait is bounded, so a client that keeps sending costs at most
-`LINGER_S` of reading.
+are never buffered, and the wait is bounded in time and bytes, so a client that keeps sending
+costs at most `LINGER_S` or `LINGER_BYTES` of reading (a 100 MB upload is not read whole).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from ssl import SSLError
 
 import hypercorn.asyncio.run
-from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.events import Closed, RawData
 
 LINGER_S = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
 # hypercorn's internals this relies on, by the names its code uses (see h11_hardening).
 HOOKS: dict[Callable[..., object], tuple[str, ...]] = {
     TCPServer._close: ("write_eof", "close"),
@@ -33,6 +36,21 @@ class LingeringTCPServer(TCPServer):
     client's own close, or the timer."""
 
     _linger: asyncio.TimerHandle | None = None
+    _dropped = 0
+
+    async def _read_data(self) -> None:
+        # hypercorn's loop, plus the byte bound once lingering (a copy: it has no hook).
+        while not self.reader.at_eof():
+            try:
+                data = await asyncio.wait_for(self.reader.read(MAX_RECV), self.config.read_timeout)
+            except (ConnectionError, OSError, TimeoutError, SSLError):
+                break
+            if self._linger is not None:
+                self._dropped += len(data)
+                if self._dropped > LINGER_BYTES:
+                    break  # enough read for nothing: the close below resets the rest
+            await self.protocol.handle(RawData(data))
+        await self.protocol.handle(Closed())
 
     async def _close(self) -> None:
         if self._linger is None and not self.reader.at_eof():
