@@ -48,7 +48,11 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument(
         "--check-budget", action="store_true", help="exit 1 when a budget line is missed"
     )
-    args = parser.parse_args(argv)
+    return _checked(parser, parser.parse_args(argv))
+
+
+def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with --quick applied and the lists parsed; exits with usage on a bad value."""
     if args.quick:
         args.duration = 1
         args.ttfb_requests = min(args.ttfb_requests, 50)
@@ -63,5 +67,7 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         min(args.duration, args.rounds, *args.concurrency) < 1
         or min(args.warmup, args.replicas) < 0
     ):
-        parser.error("--duration, --rounds and --concurrency must be >= 1, --warmup >= 0")
+        parser.error(
+            "--duration, --rounds and --concurrency must be >= 1, --warmup and --replicas >= 0"
+        )
     return args
