@@ -53,13 +53,13 @@ def start_valkey(stack: ExitStack, tmp: Path, binary: str, row: str) -> tuple[Se
             raise StartupError(
                 f"valkey exited with code {service.process.returncode}:\n{service.log_tail()}"
             )
-        if _command(port, b"PING").startswith(b"+PONG"):
+        if redis_command(port, b"PING").startswith(b"+PONG"):
             return service, f"redis://127.0.0.1:{port}/0"
         time.sleep(0.05)
     raise StartupError(f"valkey not ready after {_READY_TIMEOUT_S:.0f} s:\n{service.log_tail()}")
 
 
-def _command(port: int, inline: bytes) -> bytes:
+def redis_command(port: int, inline: bytes) -> bytes:
     """One inline Redis command on a fresh connection; the raw reply, b'' on failure."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
@@ -80,7 +80,7 @@ def _command(port: int, inline: bytes) -> bytes:
 def evalsha_calls(valkey: Service) -> int | None:
     """How many EVALSHA calls valkey has served (INFO commandstats), None if unreadable."""
     port = int(valkey.base_url.rsplit(":", 1)[1])
-    text = _command(port, b"INFO commandstats").decode(errors="replace")
+    text = redis_command(port, b"INFO commandstats").decode(errors="replace")
     for line in text.splitlines():
         if line.startswith("cmdstat_evalsha:"):
             fields = dict(f.split("=", 1) for f in line.split(":", 1)[1].split(",") if "=" in f)

@@ -28,9 +28,14 @@ class Case:
     body: str
     key: str
     require_header: str = ""  # the curl check fails when the answer lacks this header
+    # host:port of each router to spread the connections over (wrk threads take them in
+    # turn, post.lua's setup); empty: every connection to `url`'s host
+    spread: tuple[str, ...] = ()
 
     @property
     def threads(self) -> int:
+        if self.spread:  # two threads per router when there are connections for them
+            return len(self.spread) * (2 if self.concurrency >= 2 * len(self.spread) else 1)
         return 1 if self.concurrency == 1 else 2
 
 
@@ -97,7 +102,8 @@ def wrk_argv(case: Case, duration_s: int) -> tuple[list[str], dict[str, str]]:
         WRK, f"-t{case.threads}", f"-c{case.concurrency}", f"-d{duration_s}s",
         "--timeout", "10s", "-s", str(LUA_SCRIPT), case.url,
     ]  # fmt: skip
-    return argv, {**os.environ, "BENCH_BODY": case.body, "BENCH_KEY": case.key}
+    env = {**os.environ, "BENCH_BODY": case.body, "BENCH_KEY": case.key}
+    return argv, {**env, "BENCH_ADDRS": ",".join(case.spread)}
 
 
 def parse_summary(stdout: str, returncode: int, stderr: str) -> dict[str, object]:

@@ -22,3 +22,19 @@ function done(summary, latency, requests)
       latency:percentile(50), latency:percentile(90), latency:percentile(99),
       latency.max, latency.mean))
 end
+
+-- BENCH_ADDRS="host:port,host:port,...": each thread connects to the next address in turn,
+-- so one wrk spreads its connections over several routers with no proxy between.
+local addrs = os.getenv("BENCH_ADDRS")
+if addrs and addrs ~= "" then
+   local targets = {}
+   for host, port in string.gmatch(addrs, "([^,]+):(%d+)") do
+      table.insert(targets, {host, port})
+   end
+   local turn = 0
+   function setup(thread)
+      local target = targets[turn % #targets + 1]
+      turn = turn + 1
+      thread.addr = wrk.lookup(target[1], target[2])[1]
+   end
+end

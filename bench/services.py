@@ -299,14 +299,16 @@ def start_routerctl(
     kafka_bootstrap: str = "",
     full: bool = False,
     workers: int = 1,
+    key: str | None = None,
 ) -> tuple[Service, str]:
     """Start `routerctl serve` (with Redis limits when `redis_url` is given, the usage sink
     `sink` when given).
 
-    Returns it and the API key its config accepts. Each instance has its own state dir.
+    Returns it and the API key its config accepts (`key`, else a new one). Each instance has
+    its own state dir.
     """
     port, metrics_port, admin_port = free_port(), free_port(), free_port()
-    key = "sk-bench-" + secrets.token_hex(16)
+    key = key or "sk-bench-" + secrets.token_hex(16)
     conf = tmp / f"{name}.toml"
     state_dir = tmp / f"{name}-state"
     conf.write_text(
@@ -341,3 +343,15 @@ def versions() -> dict[str, str]:
             lines = (done.stdout + done.stderr).strip().splitlines()
             found[name] = lines[0].strip() if lines else "unknown"
     return found
+
+
+def commit() -> str:
+    """The commit the bench runs at (with "-dirty" for uncommitted changes), else 'unknown'."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=5, check=False, cwd=BENCH_DIR,
+        )  # fmt: skip
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    return "unknown"
