@@ -24,7 +24,7 @@ import pytest
 from appliance.auth.keyring import hash_key
 from appliance.configsvc.documents import render_documents
 from appliance.configsvc.etcd_client import EtcdClient
-from appliance.settings_loader import parse_settings
+from appliance.settings.loader import parse_settings
 from tests.e2e.cli import RouterProcess, mock_backend_process, router_process
 from tests.e2e.test_usage_durability import published_ids
 from tests.redis_topologies import Cluster, redis_cluster
