@@ -177,7 +177,7 @@ async def test_kafka_outage_buffers_then_drains(
     with router_process(["--config", str(path)], tmp_path) as router:
         kafka_broker.stop()
         during: list[str] = []
-        await load(router.url, sized(2, 30), during, workers=4)
+        await load(router.url, outage_s := sized(2, 30), during, workers=4)
         assert len(during) > 10
         await asyncio.sleep(1.5)  # the publisher reports the buffer after a failed attempt
         buffered = await metric(metrics_port, "router_usage_buffer_records")
@@ -199,6 +199,7 @@ async def test_kafka_outage_buffers_then_drains(
             await asyncio.sleep(0.25)
         assert (status, body["components"]["kafka"]) == (200, "healthy")
         seen = await published_ids(kafka_broker.bootstrap, topic, during)
+    figures.add("Kafka down under load", outage_s, unit="s")
     figures.add("answered while down", len(during))
     figures.add("lost", sum(1 for rid in during if seen[rid] == 0), bound=0)
     figures.add("duplicates", sum(seen[rid] - 1 for rid in during if seen[rid] > 1), bound=0)
@@ -218,8 +219,9 @@ async def test_kafka_outage_and_sigkill_together_lose_nothing(
     done: list[str] = []
     with router_process(["--config", str(path)], tmp_path) as router:
         kafka_broker.stop()
-        loader = asyncio.create_task(load(router.url, sized(2, 30), done, workers=4))
-        await asyncio.sleep(sized(2, 30) / 2)
+        outage_s = sized(2, 30)
+        loader = asyncio.create_task(load(router.url, outage_s, done, workers=4))
+        await asyncio.sleep(outage_s / 2)
         router.process.kill()
         await asyncio.to_thread(router.process.wait, 10)
         await loader
@@ -230,6 +232,7 @@ async def test_kafka_outage_and_sigkill_together_lose_nothing(
         seen = await published_ids(kafka_broker.bootstrap, topic, done)
     lost = [rid for rid in done if seen[rid] == 0]
     duplicates = sum(seen[rid] - 1 for rid in done if seen[rid] > 1)
+    figures.add("Kafka down under load", outage_s, unit="s")
     figures.add("answered", len(done))
     figures.add("lost", len(lost), bound=0)
     figures.add("duplicates", duplicates, bound=500)  # at most the batch in flight at the kill
