@@ -165,6 +165,10 @@ class KafkaSink:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await producer.start()
+                # Track every topic from the start: aiokafka otherwise asks for a topic it has
+                # not seen on its own, forgets the others' leaders, and their batches wait
+                # until the publish times out.
+                await producer.client.set_topics(sorted(set(self._topics.values())))
         except BaseException:
             await _stop(producer, self._timeout_s)
             raise

@@ -177,6 +177,27 @@ async def test_kafka_publish_round_trip(
     assert [dict(r.headers)["record_id"] for r in got] == [i.record_id.encode() for i in sent]
 
 
+async def test_kafka_batch_of_two_topics_with_one_not_seen_yet(
+    kafka_broker: KafkaBroker, topic: str
+) -> None:
+    """A batch of usage records then an audit record whose topic the producer has not seen
+    (auto-created on first use) is delivered whole. aiokafka alone forgets the usage topic's
+    leader when it asks for the audit topic's metadata, and the usage records wait until the
+    publish times out."""
+    audit = f"{topic}-audit"
+    sink = KafkaSink([kafka_broker.bootstrap], {"usage": topic, "audit": audit}, timeout_s=3)
+    sent = [item(seq) for seq in range(1, 11)] + [item(11, topic="audit")]
+    try:
+        await sink.publish(sent)
+        await sink.publish([item(12), item(13, topic="audit")])
+    finally:
+        await sink.close()
+    usage_got = await consume(kafka_broker.bootstrap, topic, 11)
+    audit_got = await consume(kafka_broker.bootstrap, audit, 2)
+    assert [r.value for r in usage_got] == [i.payload for i in sent[:10]] + [item(12).payload]
+    assert [r.value for r in audit_got] == [item(11, topic="audit").payload, item(13).payload]
+
+
 async def test_kafka_idempotence_fallback_is_logged_once(
     kafka_broker: KafkaBroker, topic: str, kafka_sink: KafkaSink
 ) -> None:
