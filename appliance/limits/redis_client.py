@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -43,6 +43,14 @@ class NodeState:
 
     def __str__(self) -> str:
         return f"{self.role} {self.address} {self.state}"
+
+
+_POOL_WAIT_S = 2.0  # longest a caller queues for a pooled connection (calls have deadlines)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's pool, queueing callers past max_connections like the standalone pool
+    does instead of failing them with "Too many connections"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,10 @@ def connect_redis(
             **common,
         )
         master = sentinel.master_for(
-            state.redis_sentinel_master, max_connections=opts.max_connections
+            state.redis_sentinel_master,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=opts.max_connections,
+            timeout=_POOL_WAIT_S,
         )
         return RedisConnection(
             "sentinel",
@@ -149,7 +160,7 @@ def _standalone(state: StateSettings, common: dict[str, Any], opts: ClientOption
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=opts.max_connections,
-        timeout=2.0,
+        timeout=_POOL_WAIT_S,
         health_check_interval=10,
         **common,
     )

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance.auth.keyring import hash_key
+from appliance.limits.redis_client import ClientOptions, connect_redis
+from appliance.settings.loader import parse_settings
 from tests.integration.router_harness import RouterUnderTest, chat, running_router
 from tests.redis_topologies import SentinelServer, SentinelSet, redis_sentinel, wait_for
 
@@ -87,3 +89,18 @@ async def test_router_follows_the_promoted_master(tmp_path: Path) -> None:
     assert {status for _, status in outcomes} <= {200, 503}
     assert back <= failover_s + 2.0
     assert outcomes[-1][1] == 200
+
+
+async def test_master_pool_queues_callers_past_max_connections(tmp_path: Path) -> None:
+    """More callers than pooled connections wait their turn (like the standalone pool); none
+    fails with "Too many connections"."""
+    with redis_sentinel(tmp_path) as setup:
+        state = parse_settings("[state]\n" + sentinel_state(setup)).state
+        connection = connect_redis(state, {}, ClientOptions(max_connections=2))
+        try:
+            answers = await asyncio.gather(
+                *(connection.client.incr("s-pool") for _ in range(40)), return_exceptions=True
+            )
+        finally:
+            await connection.aclose()
+    assert sorted(a for a in answers if isinstance(a, int)) == list(range(1, 41)), answers
