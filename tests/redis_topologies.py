@@ -92,7 +92,9 @@ class Cluster:
 
     def owner_of(self, key: str) -> ClusterServer | None:
         """The running primary serving `key`'s slot now (None while none does)."""
-        slot = key_slot(key.encode())
+        return self.owner_of_slot(key_slot(key.encode()))
+
+    def owner_of_slot(self, slot: int) -> ClusterServer | None:
         for node in (*self.primaries, *self.replicas):
             if node.running and node.role() == "master" and _serves(node, slot):
                 return node
@@ -103,11 +105,48 @@ class Cluster:
         return isinstance(info, bytes) and b"cluster_state:ok" in info
 
 
-def _serves(node: ClusterServer, slot: int) -> bool:
+def migrate_slot(
+    cluster: Cluster,
+    slot: int,
+    source: ClusterServer,
+    target: ClusterServer,
+    *,
+    batch: int,
+    pause_s: float,
+) -> int:
+    """Move `slot` from `source` to `target` as an operator's reshard does (SETSLOT IMPORTING
+    and MIGRATING, MIGRATE `batch` keys at a time, SETSLOT NODE everywhere; `valkey-cli
+    --cluster reshard` moves 10 at a time), pausing `pause_s` between steps so that traffic
+    meets each state of the move; how many keys moved."""
+    source_id, target_id = source.node_id(), target.node_id()
+    target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    time.sleep(pause_s)
+    moved = 0
+    while keys := source.call("CLUSTER", "GETKEYSINSLOT", slot, batch):
+        assert isinstance(keys, list)
+        source.call("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+        time.sleep(pause_s)  # some of the slot's keys here, some there: ASK and TRYAGAIN
+    for node in (target, source, *(p for p in cluster.primaries if p not in (source, target))):
+        node.call("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    everyone = [n for n in (*cluster.primaries, *cluster.replicas) if n.running]
+    wait_for(
+        "every node names the new owner", lambda: all(_names(n, slot, target) for n in everyone)
+    )
+    return moved
+
+
+def _names(node: ClusterServer, slot: int, owner: ClusterServer) -> bool:
+    """Whether `node`'s slot map gives `slot` to `owner`."""
     shards = _answers(lambda: node.call("CLUSTER", "SLOTS"))
     if not isinstance(shards, list):
         return False
-    return any(lo <= slot <= hi and int(first[1]) == node.port for lo, hi, first, *_ in shards)
+    return any(lo <= slot <= hi and int(first[1]) == owner.port for lo, hi, first, *_ in shards)
+
+
+def _serves(node: ClusterServer, slot: int) -> bool:
+    return _names(node, slot, node)
 
 
 @contextlib.contextmanager

@@ -100,6 +100,9 @@ class Limiter:
         self._wall = wall
         self._monotonic = monotonic
         self._store_down_until = 0.0
+        # Orgs whose keys alone could not be reached (a Redis Cluster slot moving or without
+        # a primary): their failure mode applies, everyone else's requests go on.
+        self._orgs_down_until: dict[str, float] = {}
         self._reported_degraded = False
         self._period, self._period_starts, self._period_ends = "", 0.0, 0.0
         # Lease members: this limiter's id and a counter, unique across replicas and
@@ -110,6 +113,17 @@ class Limiter:
     @property
     def degraded(self) -> bool:
         return self._shared is not None and self._monotonic() < self._store_down_until
+
+    def _store_down_for(self, org: str) -> bool:
+        if self.degraded:
+            return True
+        until = self._orgs_down_until.get(org)
+        if until is None:
+            return False
+        if self._monotonic() < until:
+            return True
+        del self._orgs_down_until[org]
+        return False
 
     async def admit(self, policy: LimitPolicy, estimate: int, request_id: str) -> Permit:
         """Admit or raise RateLimitExceeded / ConcurrencyLimitExceeded / BudgetExceeded."""
@@ -183,7 +197,7 @@ class Limiter:
         self, policy: LimitPolicy, estimate: int, holder: str
     ) -> tuple[AdmissionStore, AdmitRequest, Verdict]:
         if self._shared is not None:
-            if not self.degraded:
+            if not self._store_down_for(policy.org):
                 request = self._request(policy, estimate, holder, share=1.0, budget=True)
                 try:
                     verdict = await self._shared.admit(request)
@@ -303,11 +317,19 @@ class Limiter:
 
     def _store_failed(self, exc: LimiterBackendError) -> None:
         self._observer.backend_error()
-        if not self._reported_degraded:
-            self._reported_degraded = True
-            _log.warning("limiter_degraded", error=str(exc), fail_open=self._fail_open)
-            self._observer.degraded(True)
-        self._store_down_until = self._monotonic() + _RETRY_STORE_AFTER_S
+        until = self._monotonic() + _RETRY_STORE_AFTER_S
+        if exc.org is not None:
+            if exc.org not in self._orgs_down_until:
+                _log.warning(
+                    "limiter_degraded_org", org=exc.org, error=str(exc), fail_open=self._fail_open
+                )
+            self._orgs_down_until[exc.org] = until
+        else:
+            if not self._reported_degraded:
+                self._reported_degraded = True
+                _log.warning("limiter_degraded", error=str(exc), fail_open=self._fail_open)
+                self._observer.degraded(True)
+            self._store_down_until = until
         if not self._fail_open:
             raise LimiterUnavailable() from None
 

@@ -13,7 +13,15 @@ from typing import Protocol
 
 
 class LimiterBackendError(Exception):
-    """The shared store (Redis) could not answer in time; the message never holds secrets."""
+    """The shared store (Redis) could not answer in time; the message never holds secrets.
+
+    `org` names the one org whose keys could not be reached (a Redis Cluster slot being moved
+    or without a primary) when the rest of the store answered; None: the whole store failed.
+    """
+
+    def __init__(self, message: str, *, org: str | None = None) -> None:
+        super().__init__(message)
+        self.org = org
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ class NodeState:
         return f"{self.role} {self.address} {self.state}"
 
 
+_CLUSTER_ATTEMPTS = 2  # redis-py's default is 16, sleeping 50 ms between the last 8
 _POOL_WAIT_S = 2.0  # longest a caller queues for a pooled connection (calls have deadlines)
 
 
@@ -103,6 +104,9 @@ def connect_redis(
         seeds = [ClusterNode(*_host_port(e)) for e in state.redis_endpoints]
         # Redirections and slot-map refreshes happen inside the store's own deadline.
         cluster = RedisCluster(startup_nodes=seeds, max_connections=opts.max_connections, **common)
+        # Follow one redirect (MOVED or ASK) but give a TRYAGAIN back after one 50 ms pause, not
+        # eight, inside a pipeline other orgs' calls share: the store sends that call again.
+        cluster.RedisClusterRequestTTL = _CLUSTER_ATTEMPTS
         return RedisConnection("cluster", cluster, endpoints=state.redis_endpoints)
     if state.redis_mode == "sentinel":
         sentinel_kwargs = {k: v for k, v in common.items() if k not in ("username", "password")}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ClusterError, NoScriptError, RedisError, TryAgainError
 
 from appliance.limits import bucket
 from appliance.limits.budget import end_of_period
@@ -85,7 +85,9 @@ class RedisAdmissionStore:
         # The untagged key of the old layout is in another slot (CROSSSLOT): a cluster
         # never held that layout, so there is nothing to fold.
         self._fold = not isinstance(client, RedisCluster)
-        self._admissions = AutoPipeline(self._send_admissions)
+        # A cluster slot being moved answers TRYAGAIN until the org's keys are together
+        # again: that call alone is sent again, within its deadline, without the others.
+        self._admissions = AutoPipeline(self._send_admissions, again=_moving, deadline_s=timeout_s)
 
     @property
     def lease_s(self) -> float:
@@ -114,7 +116,8 @@ class RedisAdmissionStore:
         try:
             reply = await self._admissions.call(self._admit_call(request))
         except RedisError as exc:  # this call's own error reply (the batch's is one already)
-            raise LimiterBackendError(f"redis admit failed: {describe(exc)}") from exc
+            message = f"redis admit failed for org {request.org}: {describe(exc)}"
+            raise LimiterBackendError(message, org=request.org) from exc
         return self._verdict(request, reply)
 
     async def settle(self, batch: Sequence[Settlement]) -> dict[str, float]:
@@ -280,6 +283,12 @@ class RedisAdmissionStore:
                 return await call
         except (RedisError, OSError) as exc:  # OSError includes asyncio's TimeoutError
             raise LimiterBackendError(f"redis {op} failed: {describe(exc)}") from exc
+
+
+def _moving(reply: BaseException) -> bool:
+    """A reply that a moment later may be an answer: the slot is being moved (TRYAGAIN) or
+    its primary is being replaced (CLUSTERDOWN), and the client's own retries ran out."""
+    return isinstance(reply, TryAgainError | ClusterError)
 
 
 def _hash_tag(key: str) -> str:

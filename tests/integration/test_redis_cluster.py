@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
+from redis.crc import key_slot
 
 from appliance.auth.keyring import hash_key
 from appliance.doctor.redis_checks import check_redis
 from appliance.settings.loader import parse_settings
 from tests.integration.router_harness import RouterUnderTest, chat, running_router
-from tests.redis_topologies import Cluster, redis_cluster, wait_for
+from tests.redis_topologies import Cluster, migrate_slot, redis_cluster, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -27,6 +28,8 @@ ORGS = {
     "cc-org": "max_concurrent = 2",
     "budget-org": "monthly_budget_usd = 0.001",
     "load-org": "rpm = 60",  # the failover test's
+    "move-org": "rpm = 60\ntpm = 1000000\nmax_concurrent = 50",  # the reshard test's
+    "calm-org": "rpm = 100000",  # on another slot while move-org's moves
 }
 SLOW = chat("[mock:chunks=3] [mock:chunk_delay_ms=300]", stream=True)
 
@@ -113,6 +116,78 @@ async def test_doctor_names_the_mode_and_each_primary(cluster: Cluster) -> None:
     assert rows["redis"].detail == f"cluster: {primaries} (redis_failure_mode = open)"
     assert rows["redis.script"].status in ("pass", "warn")  # answered by every primary
     assert rows["clock"].status == "pass"
+
+
+async def load_until(
+    router: RouterUnderTest, org: str, stop: asyncio.Event, outcomes: list[tuple[float, int, float]]
+) -> None:
+    """Requests one after another (20 a second) until `stop`: (sent at, status, seconds)."""
+    while not stop.is_set():
+        sent = time.monotonic()
+        status = await status_of(router, org, chat(max_tokens=5))
+        outcomes.append((sent, status, time.monotonic() - sent))
+        await asyncio.sleep(0.05)
+
+
+async def test_reshard_under_load(cluster: Cluster) -> None:
+    """The slot of an org's keys moved to another primary under load and back: requests meet
+    ASK redirects and TRYAGAIN on the way and MOVED after. Moved as an operator's tool moves
+    it (all the org's keys in one go), no request fails; held half-moved for longer than
+    redis_timeout_s, that org's requests get redis_failure_mode. None hangs, the org's rpm
+    holds across both moves (its bucket moves with it), and an org on another slot is
+    untouched throughout."""
+    slot = key_slot(b"{move-org}")
+    source = cluster.owner_of_slot(slot)
+    assert source is not None
+    target = next(p for p in cluster.primaries if p is not source and p.running)
+    async with two_routers(cluster, mode="closed") as routers:
+        moving: list[tuple[float, int, float]] = []
+        calm: list[tuple[float, int, float]] = []
+        stop = asyncio.Event()
+        started = time.monotonic()
+        tasks = [
+            asyncio.create_task(load_until(r, org, stop, outcomes))
+            for r in routers
+            for org, outcomes in (("move-org", moving), ("calm-org", calm))
+        ]
+        await asyncio.sleep(1.0)
+        quick = await asyncio.to_thread(
+            migrate_slot, cluster, slot, source, target, batch=10, pause_s=0.02
+        )
+        quick_done = time.monotonic()
+        await asyncio.sleep(1.0)
+        slow_started = time.monotonic()
+        slow = await asyncio.to_thread(
+            migrate_slot, cluster, slot, target, source, batch=1, pause_s=0.6
+        )
+        slow_done = time.monotonic()
+        await asyncio.sleep(1.5)  # load after the moves
+        stop.set()
+        await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+
+    def during(t0: float, t1: float) -> Counter[int]:
+        return Counter(status for sent, status, _ in moving if t0 <= sent < t1)
+
+    quick_seen, slow_seen = during(started, quick_done), during(slow_started, slow_done)
+    after = during(slow_done + 1.0, float("inf"))  # past the limiter's 1 s retry pause
+    slowest = max(seconds for _, _, seconds in moving + calm)
+    print(
+        f"\ncluster reshard of slot {slot}: quick move ({quick} keys at once): {quick_seen};"
+        f" slow move (keys held split 0.6 s): {slow_seen}; after: {after}; other org:"
+        f" {Counter(s for _, s, _ in calm)}; slowest {slowest * 1000:.0f} ms"
+    )
+    assert quick >= 1  # the org's buckets (one may expire, full again, before a move)
+    assert slow >= 1
+    assert cluster.owner_of_slot(slot) is source
+    assert set(quick_seen) <= {200, 429}  # nothing failed
+    assert set(slow_seen) <= {200, 429, 503}  # redis_failure_mode = "closed"
+    assert after  # and back once the move is done
+    assert set(after) <= {200, 429}
+    assert {s for _, s, _ in calm} == {200}
+    admitted = sum(1 for _, s, _ in moving if s == 200)
+    assert admitted <= 60 + int(elapsed) + 1  # the capacity plus what refilled
+    assert slowest < 0.25 + 0.5  # redis_timeout_s plus the relay: nothing hung
 
 
 async def test_primary_failover_under_load(cluster: Cluster) -> None:

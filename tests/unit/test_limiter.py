@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -202,6 +203,31 @@ async def test_shared_store_down_closed_mode_refuses() -> None:
         await lim.admit(FULL, 10, "r")
     with pytest.raises(LimiterUnavailable):  # still within the pause: no second try
         await lim.admit(FULL, 10, "r")
+
+
+class OneOrgDown(Recording):
+    """A shared store that cannot reach one org's keys (its cluster slot is moving)."""
+
+    async def admit(self, request: AdmitRequest) -> Verdict:
+        if request.org == "moving":
+            message = "redis admit failed for org moving: TryAgainError"
+            raise LimiterBackendError(message, org="moving")
+        return await super().admit(request)
+
+
+async def test_one_org_unreachable_pauses_that_org_only() -> None:
+    """When only one org's keys fail, that org gets the failure mode for the pause and every
+    other org is still decided by the shared store; the limiter is not degraded."""
+    shared = OneOrgDown()
+    lim, _, _ = limiter(Recording(), shared, fail_open=False)
+    moving = replace(FULL, org="moving")
+    with pytest.raises(LimiterUnavailable):
+        await lim.admit(moving, 10, "r1")
+    with pytest.raises(LimiterUnavailable):  # within the pause: not asked again
+        await lim.admit(moving, 10, "r2")
+    await lim.admit(FULL, 10, "r3")
+    assert [r.org for r in shared.admitted] == ["acme"]
+    assert not lim.degraded
 
 
 async def test_an_external_budget_authority_decides_the_budget() -> None:

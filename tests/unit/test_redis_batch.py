@@ -93,3 +93,47 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others() -> None:
     assert await stays == "b"
     with pytest.raises(asyncio.CancelledError):
         await gone
+
+
+class Moving(Sender):
+    """Answers "again" (a slot being moved) for key "m" the first `times` sends."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    async def __call__(self, calls: list[Call]) -> list[Any]:
+        self.sends.append(calls)
+        replies: list[Any] = []
+        for keys, _ in calls:
+            if keys[0] == "m" and self.times > 0:
+                self.times -= 1
+                replies.append(TimeoutError("again"))
+            else:
+                replies.append(keys[0])
+        return replies
+
+
+def again(reply: BaseException) -> bool:
+    return str(reply) == "again"
+
+
+async def test_a_call_answered_again_is_resent_alone_within_its_deadline() -> None:
+    """A call whose reply says "again" goes out once more in a later send, without holding
+    back the others of its batch, and gets its answer."""
+    sender = Moving(times=2)
+    pipeline = AutoPipeline(sender, again=again, deadline_s=1.0)
+    moving, other = pipeline.call(call("m")), pipeline.call(call("o"))
+    assert await other == "o"
+    assert not moving.done()
+    assert await moving == "m"
+    assert [[keys[0] for keys, _ in calls] for calls in sender.sends] == [["m", "o"], ["m"], ["m"]]
+
+
+async def test_again_past_the_deadline_raises_the_reply() -> None:
+    """Once resending would go past the call's deadline, its caller gets the reply."""
+    sender = Moving(times=1000)
+    pipeline = AutoPipeline(sender, again=again, deadline_s=0.05)
+    with pytest.raises(TimeoutError, match="again"):
+        await pipeline.call(call("m"))
+    assert 2 <= len(sender.sends) <= 4  # one pause (20 ms) after another, up to 50 ms
