@@ -12,6 +12,7 @@ costs at most `LINGER_S` or `LINGER_BYTES` of reading (a 100 MB upload is not re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from ssl import SSLError
 
@@ -63,7 +64,10 @@ class LingeringTCPServer(TCPServer):
                 return
         if self._linger is not None:
             self._linger.cancel()
-        await super()._close()
+        # ENOTCONN: the client went after the half-close, and nothing is left to close
+        # (hypercorn's `finally` still stops the idle task).
+        with contextlib.suppress(OSError):
+            await super()._close()
 
 
 def install() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 
 import hypercorn.asyncio.run
@@ -55,3 +56,39 @@ def test_server_config_carries_the_head_deadline() -> None:
     """`header_timeout_s` reaches the protocol through hypercorn's config."""
     config = hypercorn_config(ServerSettings(header_timeout_s=2.5))
     assert config.header_timeout_s == 2.5
+
+
+class _GoneWriter:
+    """A stream writer whose peer went away after the half-close: closing it raises
+    ENOTCONN, which hypercorn's own close does not expect."""
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+
+class _AtEof:
+    def at_eof(self) -> bool:
+        return True
+
+
+class _IdleTask:
+    stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_client_gone_after_the_half_close_is_closed_quietly() -> None:
+    """The full close of a connection whose client left after the half-close raises nothing
+    (an unhandled ENOTCONN was a traceback in the log) and still stops its idle timer."""
+    server = object.__new__(lingering_close.LingeringTCPServer)
+    idle = _IdleTask()
+    server.reader, server.writer, server.idle_task = _AtEof(), _GoneWriter(), idle  # type: ignore[assignment]
+    await server._close()
+    assert idle.stopped
