@@ -6,7 +6,9 @@ Without it, a connection closed with unread bytes in its receive buffer (a 413 a
 the head of a 100 MB upload, a 431, a 408) is reset by the kernel, and a client still writing
 loses the answer it was sent: it sees "connection reset" instead of the status. Dropped bytes
 are never buffered, and the wait is bounded in time and bytes, so a client that keeps sending
-costs at most `LINGER_S` or `LINGER_BYTES` of reading (a 100 MB upload is not read whole).
+costs at most `LINGER_S` and `LINGER_BYTES` of reading (a 100 MB upload is not read whole):
+past the bytes, reading stops and the connection waits out the time, so a client busy
+sending still has `LINGER_S` to read its answer before the reset.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ class LingeringTCPServer(TCPServer):
             if self._linger is not None:
                 self._dropped += len(data)
                 if self._dropped > LINGER_BYTES:
-                    break  # enough read for nothing: the close below resets the rest
+                    # Enough read for nothing. Stop reading (the client's sends block on a full
+                    # window) but keep the connection until the timer: a reset now would make
+                    # the client's system discard the answer it has not read yet.
+                    await asyncio.sleep(max(0.0, self._linger.when() - self.loop.time()))
+                    break
             await self.protocol.handle(RawData(data))
         await self.protocol.handle(Closed())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 import pytest
@@ -82,6 +83,31 @@ async def test_a_client_still_sending_a_refused_body_reads_the_413() -> None:
             await asyncio.sleep(0.3)  # the router has answered and closed meanwhile
             answer = await asyncio.wait_for(reader.read(), 10)
         finally:
+            writer.close()
+    assert status_and_error(answer) == (413, "request_too_large")
+
+
+async def test_a_client_slow_to_read_still_gets_the_413() -> None:
+    """A client that keeps sending a refused upload and reads only half a second later still
+    reads the 413: past the lingering close's byte bound the router stops reading and keeps
+    the connection until the time bound, rather than resetting it (which makes the client's
+    system discard the unread answer)."""
+    async with running_router() as router:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+
+        async def keep_sending() -> None:
+            writer.write(head(100 * 1024 * 1024))
+            with contextlib.suppress(ConnectionError):
+                for _ in range(48):  # 48 MiB: past LINGER_BYTES, bounded
+                    writer.write(b" " * (1024 * 1024))
+                    await writer.drain()
+
+        sending = asyncio.create_task(keep_sending())
+        try:
+            await asyncio.sleep(0.5)  # a client busy elsewhere before it reads
+            answer = await asyncio.wait_for(read_all(reader), 10)
+        finally:
+            sending.cancel()
             writer.close()
     assert status_and_error(answer) == (413, "request_too_large")
 
