@@ -218,12 +218,17 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             self._wake.clear()  # before peeking: a notify() from now on is not missed
+            tried_while_stopping = self._stopping.is_set()
             try:
                 moved = await self.publish_once()
             except Exception as exc:  # the loop must outlive any failure, even a bug
                 self._report_failure(exc)
                 await self._report_buffer()  # the buffer grows during an outage: show it
                 if self._stopping.is_set():
+                    if not tried_while_stopping:
+                        # That try began before the stop (it may have hung until its
+                        # timeout): one more, at once, within stop()'s own time bound.
+                        continue
                     return  # the sink is down: what is left stays in the outbox
                 await self._wait_either(self._backoff.next_delay())
                 continue

@@ -256,6 +256,41 @@ async def test_stop_drains_then_leaves_the_rest_when_the_sink_is_down(
     assert (await outbox.stats()).records == 10
 
 
+class StuckOnceSink(FlakySink):
+    """Its first publish hangs until `release` is set, then fails (a produce request that
+    timed out); every later one is acknowledged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stuck = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def publish(self, items: Sequence[OutboxItem]) -> None:
+        if not self.stuck.is_set():
+            self.stuck.set()
+            await self.release.wait()
+            raise SinkError("timed out")
+        await super().publish(items)
+
+
+async def test_stop_tries_once_more_after_a_try_that_began_before_it(
+    outbox: SqliteOutbox,
+) -> None:
+    """A publish stuck when the stop begins, then failed, is followed by one more try within
+    the stop's time bound: records answered before a drain are published before it ends."""
+    await fill(outbox, 10)
+    sink = StuckOnceSink()
+    publisher = Publisher(outbox, sink, 20, backoff=Backoff(5, 5))
+    publisher.start()
+    await asyncio.wait_for(sink.stuck.wait(), 5)
+    stopping = asyncio.create_task(publisher.stop(timeout_s=5))
+    await asyncio.sleep(0.05)  # the stop has begun, the try is still stuck
+    sink.release.set()
+    await stopping
+    assert sink.ids == ALL_200[:10]
+    assert (await outbox.stats()).records == 0
+
+
 async def test_kafka_outage_keeps_records_then_delivers_each_once(
     outbox: SqliteOutbox, kafka_broker: KafkaBroker
 ) -> None:
