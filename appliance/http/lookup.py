@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import msgspec
 from quart import Blueprint, Response, request
 
-from appliance.audit.events import AuditEvent
+from appliance.audit.events import KINDS, AuditEvent
 from appliance.audit.ports import AuditStore
 from appliance.auth.admin import ADMIN_TOKEN_PREFIX, AdminTokens
 from appliance.auth.keyring import bearer_token
@@ -122,6 +122,12 @@ def parse_audit_query(items: Iterable[tuple[str, str]]) -> AuditQuery:
             "Invalid 'request_id': expected up to 128 characters of A-Z a-z 0-9 . _ : -.",
             param="request_id",
         )
+    kind = values.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise InvalidRequest(
+            f"Invalid 'kind': {kind!r} is not an audit event kind (kinds: {', '.join(KINDS)}).",
+            param="kind",
+        )
     since = _time_param(values, "since")
     until = _time_param(values, "until")
     if since is not None and until is not None and since > until:
@@ -129,7 +135,7 @@ def parse_audit_query(items: Iterable[tuple[str, str]]) -> AuditQuery:
     return AuditQuery(
         request_id=request_id,
         org=values.get("org"),
-        kind=values.get("kind"),
+        kind=kind,
         since=since,
         until=until,
         limit=_limit_param(values.get("limit")),
