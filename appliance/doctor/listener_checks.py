@@ -10,7 +10,7 @@ import aiohttp
 import msgspec
 
 from appliance.doctor.report import CheckResult, describe, failed, passed, skipped
-from appliance.settings import Settings, parse_listen
+from appliance.settings import ADMIN_ON_PUBLIC, Settings, parse_listen
 
 _HEALTHZ = "/v1/status/healthz"
 _METRICS = "/metrics"
@@ -24,19 +24,24 @@ class _Healthz(msgspec.Struct):
 
 
 async def check_listeners(settings: Settings, timeout_s: float) -> list[CheckResult]:
-    """Rows listen and metrics_listen."""
+    """Rows listen, admin_listen and metrics_listen."""
     server = settings.server
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        if not server.metrics_listen:
-            off = skipped("metrics_listen", "-", 'off (server.metrics_listen = "")')
-            return [await _listener(session, "listen", server.listen), off]
-        return list(
-            await asyncio.gather(
-                _listener(session, "listen", server.listen),
-                _listener(session, "metrics_listen", server.metrics_listen),
-            )
-        )
+        rows = [_listener(session, "listen", server.listen)]
+        if server.admin_listen == ADMIN_ON_PUBLIC:
+            rows.append(_off("admin_listen", "public: the admin API is served on listen"))
+        else:
+            rows.append(_listener(session, "admin_listen", server.admin_listen))
+        if server.metrics_listen:
+            rows.append(_listener(session, "metrics_listen", server.metrics_listen))
+        else:
+            rows.append(_off("metrics_listen", 'off (server.metrics_listen = "")'))
+        return list(await asyncio.gather(*rows))
+
+
+async def _off(check: str, detail: str) -> CheckResult:
+    return skipped(check, "-", detail)
 
 
 async def _listener(session: aiohttp.ClientSession, check: str, address: str) -> CheckResult:
@@ -78,7 +83,7 @@ def _probe_url(host: str, port: int, check: str) -> str:
     # A wildcard listener answers on loopback.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"http://{netloc}{_HEALTHZ if check == 'listen' else _METRICS}"
+    return f"http://{netloc}{_METRICS if check == 'metrics_listen' else _HEALTHZ}"
 
 
 async def _router_answer(session: aiohttp.ClientSession, check: str, url: str) -> str | None:
@@ -90,7 +95,7 @@ async def _router_answer(session: aiohttp.ClientSession, check: str, url: str) -
                 return None
     except (aiohttp.ClientError, TimeoutError):
         return None
-    if check != "listen":
+    if check == "metrics_listen":
         return "its metrics answer" if _METRIC_OF_OURS in body else None
     try:
         health = msgspec.json.decode(body, type=_Healthz)

@@ -63,6 +63,7 @@ def config(
         "[server]",
         f'listen = "{listen or f"127.0.0.1:{free_port()}"}"',
         f'metrics_listen = "127.0.0.1:{free_port()}"',
+        f'admin_listen = "127.0.0.1:{free_port()}"',
         "[state]",
         f'dir = "{state_dir if state_dir is not None else tmp / "state"}"',
         f'redis_url = "{redis_url}"',
@@ -158,7 +159,8 @@ def test_everything_up_every_check_passes(
         ("state_dir", str(tmp_path / "state")),
         ("disk", str(tmp_path / "state")),
         ("outbox", str(tmp_path / "state" / "outbox.sqlite")),
-        ("listen", rows[-2]["target"]),
+        ("listen", rows[-3]["target"]),
+        ("admin_listen", rows[-2]["target"]),
         ("metrics_listen", rows[-1]["target"]),
     ]
     assert "2 partitions" in row(rows, "kafka.topic", topics[0])["detail"]
@@ -184,9 +186,10 @@ def test_table_lists_each_check_with_its_status_and_a_summary(
         "disk": "pass",
         "outbox": "pass",
         "listen": "pass",
+        "admin_listen": "pass",
         "metrics_listen": "pass",
     }
-    assert summary == "doctor: ok: 7 pass, 3 skip"
+    assert summary == "doctor: ok: 8 pass, 3 skip"
 
 
 def test_redis_down_fails_with_the_fix(
@@ -376,11 +379,14 @@ def test_a_running_router_holds_its_listeners_and_state(backend_url: str, tmp_pa
     with router_process(["--config", str(serving)], tmp_path) as router:
         text = serving.read_text()
         listen = text.split('listen = "', 1)[1].split('"', 1)[0]
+        admin = text.split('admin_listen = "', 1)[1].split('"', 1)[0]
+        text = text.replace(listen, f"127.0.0.1:{router.port}", 1)
         path = tmp_path / "doctor.toml"
-        path.write_text(text.replace(listen, f"127.0.0.1:{router.port}", 1))
+        path.write_text(text.replace(admin, f"127.0.0.1:{router.admin_port}", 1))
         code, rows = doctor_json(path)
     assert code == 0, rows
     assert row(rows, "listen")["detail"].startswith("in use by a running router (healthz answered")
+    assert row(rows, "admin_listen")["detail"].startswith("in use by a running router (healthz")
     assert (
         row(rows, "metrics_listen")["detail"] == "in use by a running router (its metrics answer)"
     )
