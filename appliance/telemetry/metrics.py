@@ -14,7 +14,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from appliance.build import BUILD
 
-# Routes are a closed set so label cardinality stays bounded whatever clients send.
+# Routes are a closed set so label cardinality stays bounded whatever clients send: every
+# operation of the API (http/api_routes.py; tests/unit/test_metrics.py keeps the two equal).
 KNOWN_ROUTES = frozenset(
     {
         "/v1/chat/completions",
@@ -28,16 +29,25 @@ KNOWN_ROUTES = frozenset(
         "/v1/admin/backends",
         "/v1/admin/overrides",
         "/v1/admin/audit",
+        "/v1/admin/buffer",
+        "/v1/admin/buffer/replay",
+        "/v1/admin/config/reload",
     }
 )
 # Clients may send any method token; unknown ones share one label value.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Paths with an id in them count under their template, never under the id.
+# Paths with an id in them count under their template, never under the id; `{…}` is one
+# path segment.
 _TEMPLATES = (
-    ("/v1/usage/", "/v1/usage/{request_id}"),
-    ("/v1/models/", "/v1/models/{model}"),
-    ("/v1/admin/", "/v1/admin/other"),
+    "/v1/usage/{request_id}",
+    "/v1/models/{model}",
+    "/v1/admin/backends/{backend_id}/degrade",
+    "/v1/admin/backends/{backend_id}/drain",
+    "/v1/admin/backends/{backend_id}/restore",
+    "/v1/admin/overrides/{override_id}",
 )
+_BY_SEGMENTS = tuple((template, template.split("/")) for template in _TEMPLATES)
+_ADMIN_OTHER = ("/v1/admin/", "/v1/admin/other")
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
@@ -78,10 +88,15 @@ def route_label(path: str) -> str:
     """The bounded `route` label of a request path."""
     if path in KNOWN_ROUTES:
         return path
-    for prefix, template in _TEMPLATES:
-        if path.startswith(prefix):
+    segments = path.split("/")
+    for template, pattern in _BY_SEGMENTS:
+        if len(pattern) == len(segments) and all(
+            want == got or (want.startswith("{") and got)
+            for want, got in zip(pattern, segments, strict=True)
+        ):
             return template
-    return "other"
+    prefix, other = _ADMIN_OTHER
+    return other if path.startswith(prefix) else "other"
 
 
 class Metrics:

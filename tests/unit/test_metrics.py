@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from prometheus_client import CollectorRegistry
 
+from appliance.http.api_routes import OPERATIONS
 from appliance.telemetry.config_metrics import SOURCES, ConfigMetrics
 from appliance.telemetry.metrics import Metrics, route_label
 
@@ -19,7 +22,10 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
         ("/v1/chat/completions", "/v1/chat/completions"),
         ("/v1/responses", "/v1/responses"),
         ("/v1/usage/3f2a9c", "/v1/usage/{request_id}"),
-        ("/v1/admin/backends/b1/degrade", "/v1/admin/other"),
+        ("/v1/admin/backends/b1/degrade", "/v1/admin/backends/{backend_id}/degrade"),
+        ("/v1/admin/backends//degrade", "/v1/admin/other"),  # an empty id is no id
+        ("/v1/admin/backends/b1/explode", "/v1/admin/other"),
+        ("/v1/usage/a/b", "other"),
         ("/v1/admin/backends", "/v1/admin/backends"),
         ("/v1/chat/completions/extra", "other"),
         ("/../../etc/passwd", "other"),
@@ -28,6 +34,18 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 def test_route_label_is_a_closed_set(path: str, route: str) -> None:
     """Paths map to known routes or templates, never to themselves when unknown."""
     assert route_label(path) == route
+
+
+def test_every_api_operation_has_a_route_label_of_its_own() -> None:
+    """Each path of the API (the OpenAPI document's) counts under its own template, so a new
+    route cannot hide under `other` (parameter names aside)."""
+    for operation in OPERATIONS:
+        concrete = re.sub(r"\{[^}]+\}", "x1", operation.path)
+        label = route_label(concrete)
+        assert re.sub(r"\{[^}]+\}", "{}", label) == re.sub(r"\{[^}]+\}", "{}", operation.path), (
+            operation.path,
+            label,
+        )
 
 
 def test_inflight_rises_with_start_and_falls_with_each_end() -> None:
