@@ -99,10 +99,9 @@ class Limiter:
         self._audit = audit
         self._wall = wall
         self._monotonic = monotonic
-        self._store_down_until = 0.0
-        # Orgs whose keys alone could not be reached (a Redis Cluster slot moving or without
-        # a primary): their failure mode applies, everyone else's requests go on.
-        self._orgs_down_until: dict[str, float] = {}
+        # When the store may be tried again: None for the whole store, an org's id for its
+        # keys alone (a Redis Cluster slot moving or without a primary: everyone else goes on).
+        self._down_until: dict[str | None, float] = {}
         self._reported_degraded = False
         self._period, self._period_starts, self._period_ends = "", 0.0, 0.0
         # Lease members: this limiter's id and a counter, unique across replicas and
@@ -112,18 +111,11 @@ class Limiter:
 
     @property
     def degraded(self) -> bool:
-        return self._shared is not None and self._monotonic() < self._store_down_until
+        return self._shared is not None and self._monotonic() < self._down_until.get(None, 0.0)
 
     def _store_down_for(self, org: str) -> bool:
-        if self.degraded:
-            return True
-        until = self._orgs_down_until.get(org)
-        if until is None:
-            return False
-        if self._monotonic() < until:
-            return True
-        del self._orgs_down_until[org]
-        return False
+        now, down = self._monotonic(), self._down_until
+        return now < down.get(None, 0.0) or now < down.get(org, 0.0)
 
     async def admit(self, policy: LimitPolicy, estimate: int, request_id: str) -> Permit:
         """Admit or raise RateLimitExceeded / ConcurrencyLimitExceeded / BudgetExceeded."""
@@ -317,19 +309,17 @@ class Limiter:
 
     def _store_failed(self, exc: LimiterBackendError) -> None:
         self._observer.backend_error()
-        until = self._monotonic() + _RETRY_STORE_AFTER_S
+        now = self._monotonic()
         if exc.org is not None:
-            if exc.org not in self._orgs_down_until:
+            if now >= self._down_until.get(exc.org, 0.0):  # a new pause, not a longer one
                 _log.warning(
                     "limiter_degraded_org", org=exc.org, error=str(exc), fail_open=self._fail_open
                 )
-            self._orgs_down_until[exc.org] = until
-        else:
-            if not self._reported_degraded:
-                self._reported_degraded = True
-                _log.warning("limiter_degraded", error=str(exc), fail_open=self._fail_open)
-                self._observer.degraded(True)
-            self._store_down_until = until
+        elif not self._reported_degraded:
+            self._reported_degraded = True
+            _log.warning("limiter_degraded", error=str(exc), fail_open=self._fail_open)
+            self._observer.degraded(True)
+        self._down_until[exc.org] = now + _RETRY_STORE_AFTER_S
         if not self._fail_open:
             raise LimiterUnavailable() from None
 

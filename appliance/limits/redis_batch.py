@@ -31,7 +31,7 @@ class AutoPipeline:
         self,
         send: Send,
         *,
-        again: Callable[[BaseException], bool] | None = None,
+        again: Callable[[BaseException], bool] = lambda _reply: False,
         deadline_s: float = 0.0,
     ) -> None:
         self._send = send
@@ -72,12 +72,9 @@ class AutoPipeline:
             if future.done():  # the caller gave up (cancelled)
                 continue
             if isinstance(reply, BaseException):
-                if self._worth_again(reply) and loop.time() + AGAIN_AFTER_S < deadline:
+                if self._again(reply) and loop.time() + AGAIN_AFTER_S < deadline:
                     loop.call_later(AGAIN_AFTER_S, self._queue, call, future, deadline)
                     continue
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
-
-    def _worth_again(self, reply: BaseException) -> bool:
-        return self._again is not None and self._again(reply)

@@ -47,7 +47,6 @@ _TEMPLATES = (
     "/v1/admin/overrides/{override_id}",
 )
 _BY_SEGMENTS = tuple((template, template.split("/")) for template in _TEMPLATES)
-_ADMIN_OTHER = ("/v1/admin/", "/v1/admin/other")
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
@@ -95,8 +94,7 @@ def route_label(path: str) -> str:
             for want, got in zip(pattern, segments, strict=True)
         ):
             return template
-    prefix, other = _ADMIN_OTHER
-    return other if path.startswith(prefix) else "other"
+    return "/v1/admin/other" if path.startswith("/v1/admin/") else "other"
 
 
 class Metrics:
