@@ -17,6 +17,7 @@ TARGETS = (
     "routerctl+kafka",
     "routerctl+redis",
     "routerctl+full",
+    "routerctl+full-hypercorn",
     "noop-2w",
     "routerctl+full-2w",
 )
@@ -25,16 +26,18 @@ TARGETS = (
 # routerctl+full has every feature on: Redis limits (rpm, tpm, concurrency) and a budget,
 # active probes, the Kafka sink, metrics and the access log (tracing off). The -2w rows are
 # the do-nothing proxy and routerctl+full with two worker processes each (`[server] workers`).
+# routerctl+full-hypercorn is routerctl+full on `[server] engine = "hypercorn"`.
 ROUTERS = (
     "routerctl+none",
     "routerctl",
     "routerctl+kafka",
     "routerctl+redis",
     "routerctl+full",
+    "routerctl+full-hypercorn",
     "routerctl+full-2w",
 )
-LIMITED = ("routerctl+redis", "routerctl+full", "routerctl+full-2w")  # answers carry x-ratelimit-*
-FULL = ("routerctl+full", "routerctl+full-2w")  # rows with every feature on
+FULL = ("routerctl+full", "routerctl+full-hypercorn", "routerctl+full-2w")  # every feature on
+LIMITED = ("routerctl+redis", *FULL)  # answers carry x-ratelimit-*
 _LABELS = {
     "direct": "direct (nginx)",
     "noop": "do-nothing proxy",
@@ -43,6 +46,7 @@ _LABELS = {
     "routerctl+kafka": "routerctl+kafka",
     "routerctl+redis": "routerctl+redis",
     "routerctl+full": "routerctl+full",
+    "routerctl+full-hypercorn": "routerctl+full on hypercorn",
     "noop-2w": "do-nothing proxy, 2 workers",
     "routerctl+full-2w": "routerctl+full, 2 workers",
 }
@@ -52,6 +56,7 @@ _LABELS = {
 PAIRS = (
     ("routerctl+full", "direct"),
     ("routerctl+full", "noop"),
+    ("routerctl+full", "routerctl+full-hypercorn"),
     ("routerctl", "direct"),
     ("routerctl", "noop"),
     ("routerctl+redis", "direct"),
@@ -275,12 +280,20 @@ def _comparison_order(c: Comparison) -> tuple[str, int, int]:
 def markdown_table(results: list[Result], comparisons: list[Comparison]) -> str:
     """The same numbers as a Markdown table, for docs/benchmarks.md."""
     found = {(c.mode, c.concurrency, c.subject, c.baseline): c for c in comparisons}
-    baselines = ("direct", "noop", "routerctl", "routerctl+none", "noop-2w", "routerctl+full")
+    baselines = (
+        "direct",
+        "noop",
+        "routerctl",
+        "routerctl+none",
+        "noop-2w",
+        "routerctl+full",
+        "routerctl+full-hypercorn",
+    )
     lines = [
         "| case | target | req/s | p50 ms | p99 ms | vs direct | vs do-nothing proxy "
         "| vs routerctl | vs routerctl+none | vs do-nothing proxy, 2 workers "
-        "| vs routerctl+full |",
-        "|---|---|---:|---:|---:|---|---|---|---|---|---|",
+        "| vs routerctl+full | vs routerctl+full on hypercorn |",
+        "|---|---|---:|---:|---:|---|---|---|---|---|---|---|",
     ]
     for (mode, concurrency), cell in _cells(results).items():
         for target in TARGETS:

@@ -132,6 +132,7 @@ def start_router(
         kafka_bootstrap=bootstrap,
         full=target in report.FULL,
         workers=2 if target.endswith("-2w") else 1,
+        engine="hypercorn" if target.endswith("-hypercorn") else "",
     )
     return router, key, helpers
 

@@ -211,6 +211,7 @@ def routerctl_conf(
     full: bool = False,
     workers: int = 1,
     admin_port: int = 0,
+    engine: str = "",
 ) -> str:
     """The plain config; with `redis_url`, the same plus huge rpm/tpm limits kept in Redis.
 
@@ -218,6 +219,8 @@ def routerctl_conf(
     on: rpm, tpm and concurrency limits on the org and the key, a monthly budget checked per
     request (prices set, so every record has a cost), active health probes every second, and
     the JSON access log; tracing stays off.
+
+    `engine` sets `[server] engine` (else the default, routerctl's own HTTP/1.1 server).
 
     `sink` sets `[usage] sink` ("none", "kafka" with `kafka_bootstrap`); without it the
     router keeps the default, "file" (JSON lines in its state dir). Every sink, "none" too,
@@ -233,6 +236,7 @@ def routerctl_conf(
     digest = hashlib.sha256(key.encode()).hexdigest()
     # The admin API on its own port, as by default (its listener check is on every request).
     admin = f'admin_listen = "127.0.0.1:{admin_port}"\n' if admin_port else ""
+    admin += f'engine = "{engine}"\n' if engine else ""
     state, limits, usage, org_extra, prices = "", "", "", "", ""
     access_log = "false"
     if sink:
@@ -300,6 +304,7 @@ def start_routerctl(
     full: bool = False,
     workers: int = 1,
     key: str | None = None,
+    engine: str = "",
 ) -> tuple[Service, str]:
     """Start `routerctl serve` (with Redis limits when `redis_url` is given, the usage sink
     `sink` when given).
@@ -324,6 +329,7 @@ def start_routerctl(
             full=full,
             workers=workers,
             admin_port=admin_port,
+            engine=engine,
         )
     )
     argv = [*routerctl_argv(), "serve", "--config", str(conf)]

@@ -1,8 +1,10 @@
-"""Serving the app: the hypercorn runner (signals, drain), its config, HTTP/1.1 hardening
-below the app, and the metrics listener. Callers import from `appliance.server`."""
+"""Serving the app: the runner (signals, drain), the engines (routerctl's own HTTP/1.1 server,
+or hypercorn with its hardening), and the metrics listener. Callers import from
+`appliance.server`."""
 
 from __future__ import annotations
 
+from appliance.server.engines import Engine, engine_for
 from appliance.server.hypercorn_setup import hypercorn_config
 from appliance.server.metrics_listener import MetricsListener
 from appliance.server.runner import ConfigSource, Started, run, serve
@@ -10,9 +12,11 @@ from appliance.server.startup_error import StartupError
 
 __all__ = [
     "ConfigSource",
+    "Engine",
     "MetricsListener",
     "Started",
     "StartupError",
+    "engine_for",
     "hypercorn_config",
     "run",
     "serve",

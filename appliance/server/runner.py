@@ -13,12 +13,11 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
-from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.utils import LifespanFailureError
 
 from appliance.app import WorkerSlot, build_app
 from appliance.configsvc.service import ConfigService, ReloadRefused
-from appliance.server.hypercorn_setup import hypercorn_config
+from appliance.server.engines import engine_for
 from appliance.server.metrics_listener import MetricsListener
 from appliance.server.startup_error import StartupError
 from appliance.server.worker_role import WorkerRole
@@ -74,8 +73,8 @@ async def serve(
                 config.settings.telemetry, worker=None if role is None else role.index
             )
             server = config.settings.server
-            # First: it refuses a foreign hypercorn.
-            listener_config = hypercorn_config(server, None if role is None else role.listen_fds)
+            # First: hypercorn's hardening refuses a foreign hypercorn.
+            engine = engine_for(server, None if role is None else role.listen_fds)
             metrics = Metrics()
             built = build_app(config, metrics, _slot(role))
             reloads: set[asyncio.Task[None]] = set()
@@ -96,14 +95,8 @@ async def serve(
             )
             if on_started is not None:
                 on_started(config)
-            await hypercorn_serve(
-                built.asgi,  # type: ignore[arg-type]
-                listener_config,
-                shutdown_trigger=_announce(
-                    stop, built.state.readiness.begin_shutdown, server.shutdown_delay_s
-                ),
-                mode="asgi",
-            )
+            trigger = _announce(stop, built.state.readiness.begin_shutdown, server.shutdown_delay_s)
+            await engine(built.asgi, trigger)
             _log.info("stopped")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -25,8 +25,9 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from appliance.server.metrics_listener import MetricsListener
+from appliance.server.sockets import bind_listener
 from appliance.server.worker_role import ENV, WorkerRole
-from appliance.settings import ADMIN_ON_PUBLIC, ServerSettings, Settings, parse_listen
+from appliance.settings import ADMIN_ON_PUBLIC, ServerSettings, Settings
 from appliance.telemetry.logging import configure_logging, get_logger
 from appliance.telemetry.metrics_merge import cumulative_only, merge_expositions
 
@@ -60,17 +61,7 @@ def supervise(
 
 
 def _bind(listen: str) -> socket.socket:
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
+    sock = bind_listener(listen)
     sock.set_inheritable(True)
     return sock
 

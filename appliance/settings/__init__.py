@@ -35,6 +35,8 @@ class ServerSettings(_Section, frozen=True):
     # them on `listen` instead.
     admin_listen: str = "127.0.0.1:8081"
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    # "routerctl": the built-in HTTP/1.1 server on llhttp; "hypercorn": the h11-based one.
+    engine: Literal["routerctl", "hypercorn"] = "routerctl"
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
     body_read_timeout_s: PositiveFloat = 30.0
     header_timeout_s: PositiveFloat = 10.0  # from a head's first byte to its end, else 408

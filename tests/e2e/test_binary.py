@@ -113,6 +113,7 @@ def test_binary_bundles_every_module_and_the_stamp(binary: list[str]) -> None:
     assert wanted - modules == set()
     extensions = {name for name in archive.toc if name.endswith(".so")}
     assert any(name.startswith("uvloop/loop.") for name in extensions), extensions
+    assert any(name.startswith("httptools/parser/parser.") for name in extensions), extensions
 
 
 # --- serve --demo -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A real router (hypercorn + the built app) in the test's event loop, in front of mock backends."""
+"""A real router (its configured engine and the built app) in the test's event loop, in front
+of mock backends."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
-from hypercorn.asyncio import serve
 
 from appliance.app import AppState, build_app
 from appliance.auth.keyring import hash_key
 from appliance.mock.server import MockBackend
-from appliance.server import MetricsListener, hypercorn_config
+from appliance.server import MetricsListener, engine_for
 from appliance.settings.loader import load_text
 from tests.services import free_port
 
@@ -180,8 +180,8 @@ async def running_router(
         env = {"TEST_BACKEND_KEY": BACKEND_SECRET, **(environ or {})}
         loaded = load_text(text, "test.toml", env)
         built = build_app(loaded)
-        config = hypercorn_config(loaded.settings.server)
-        task = asyncio.create_task(serve(built.asgi, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        engine = engine_for(loaded.settings.server)
+        task = asyncio.create_task(engine(built.asgi, stop.wait))
         url = f"http://127.0.0.1:{port}"
         metrics_url = ""
         if metrics_listener:

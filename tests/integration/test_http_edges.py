@@ -1,7 +1,7 @@
 """The HTTP layer below the app, on the wire: framing, head deadline, protocol errors, h2c.
 
-Each test talks to a real router over a raw socket, so what hypercorn and h11 do before the
-ASGI app runs is what is checked.
+Each test talks to a real router over a raw socket, so what the server engine does before
+the ASGI app runs is what is checked; every test runs on both engines (`[server] engine`).
 """
 
 from __future__ import annotations
@@ -77,9 +77,17 @@ def chunked(body: bytes) -> bytes:
     return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
 
 
+ENGINES = ("routerctl", "hypercorn")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return f'engine = "{request.param}"\n'
+
+
 @pytest.fixture
-async def router() -> RouterUnderTest:  # type: ignore[misc]
-    async with running_router(max_body=1_000_000, extra=ADMIN) as running:
+async def router(engine: str) -> RouterUnderTest:  # type: ignore[misc]
+    async with running_router(max_body=1_000_000, extra=ADMIN, server_extra=engine) as running:
         yield running
 
 
@@ -241,13 +249,13 @@ async def test_h2_prior_knowledge_is_refused(router: RouterUnderTest) -> None:
     assert answers[0].error()["code"] == "invalid_request"
 
 
-HEAD_TIMEOUT = "header_timeout_s = 0.5\nkeep_alive_timeout_s = 30"
+HEAD_TIMEOUT = "header_timeout_s = 0.5\nkeep_alive_timeout_s = 30\n"
 
 
-async def test_a_trickled_head_gets_408_and_a_close() -> None:
+async def test_a_trickled_head_gets_408_and_a_close(engine: str) -> None:
     """A head still incomplete `header_timeout_s` after its first byte gets 408 and a close,
     also on a connection that has served a request before."""
-    async with running_router(server_extra=HEAD_TIMEOUT) as router:
+    async with running_router(server_extra=HEAD_TIMEOUT + engine) as router:
         reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
         writer.write(b"GET /v1/status/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         served = await asyncio.wait_for(_read_answer(reader), WIRE_TIMEOUT_S)
@@ -272,7 +280,9 @@ async def test_a_trickled_head_gets_408_and_a_close() -> None:
     assert answers[0].headers[b"connection"] == b"close"
 
 
-async def test_a_head_in_time_is_served_however_long_the_answer_and_the_idle_after() -> None:
+async def test_a_head_in_time_is_served_however_long_the_answer_and_the_idle_after(
+    engine: str,
+) -> None:
     """The head deadline ends when the head is complete: a slow answer and a long idle
     keep-alive after it are not cut."""
     slow = msgspec.json.encode(chat("[mock:latency_ms=800]"))
@@ -281,7 +291,7 @@ async def test_a_head_in_time_is_served_however_long_the_answer_and_the_idle_aft
         + AUTH
         + f"Content-Length: {len(slow)}\r\n\r\n".encode()
     )
-    async with running_router(server_extra=HEAD_TIMEOUT) as router:
+    async with running_router(server_extra=HEAD_TIMEOUT + engine) as router:
         reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
         try:
             writer.write(head[:20])  # an incomplete head arms the deadline

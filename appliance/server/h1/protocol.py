@@ -1,0 +1,455 @@
+"""One HTTP/1.1 connection: llhttp (httptools) parses, this decides, `Cycle` talks ASGI.
+
+What is decided here, before any app runs (the hardening issue 16 asked of the server):
+- a head must be complete `header_timeout_s` after its first byte (else 408) and at most
+  `max_header_bytes` long (else 431);
+- only HTTP/1.0 and 1.1 are served; an HTTP/1.1 request needs exactly one Host;
+- Content-Length with Transfer-Encoding, duplicate lengths, bad characters: 400 (llhttp's
+  strict mode refuses them), and the connection is closed, so nothing after a smuggled
+  request's end is ever parsed as another request;
+- no protocol is switched to: an Upgrade header is dropped and the request served as
+  HTTP/1.1; CONNECT and the HTTP/2 preface are refused;
+- every refusal is the catalog's JSON error with a fresh x-request-id;
+- a connection closed while the client may still be sending lingers: it is half-closed and
+  what arrives is dropped, never parsed, for at most LINGER_S and LINGER_BYTES.
+Pipelined requests are answered in order, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+from appliance.errors import RouterError
+from appliance.server.h1.cycle import Cycle
+from appliance.server.h1.refusal import Refused, invalid, refusal_bytes, too_large, too_slow
+from appliance.telemetry.logging import get_logger
+
+LINGER_S = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
+_HTTP_1 = frozenset({"1.0", "1.1"})
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+_log = get_logger("routerctl.http")
+
+
+@dataclass(frozen=True, slots=True)
+class H1Limits:
+    max_header_bytes: int
+    header_timeout_s: float
+    keep_alive_timeout_s: float
+    keep_alive_max_requests: int
+
+
+class Shared:
+    """What the connections of one server share: the set of them, the drain flag, the
+    Date header (formatted once a second)."""
+
+    def __init__(self, app: App, limits: H1Limits) -> None:
+        self.app = app
+        self.limits = limits
+        self.connections: set[H1Connection] = set()
+        self.draining = False
+        self._date_at = -1
+        self._date = b""
+        self.gone = asyncio.Event()  # set whenever the last connection closes
+
+    def date_line(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_at:
+            self._date_at = now
+            self._date = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
+        return self._date
+
+    def closed(self, conn: H1Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self.gone.set()
+
+
+class H1Connection(asyncio.Protocol):
+    def __init__(self, shared: Shared) -> None:
+        self._shared = shared
+        self._limits = shared.limits
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._server: tuple[str, int] | None = None
+        self._client: tuple[str, int] | None = None
+        # the request being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False
+        self._unparsed = 0  # bytes fed since the parser last reported progress (a head piece)
+        self._progress = False
+        self._hosts = 0
+        self._expect_100 = False
+        self._head_method = False  # a HEAD request's refusal has no body
+        self._parsing: Cycle | None = None
+        # the requests being answered
+        self._cycle: Cycle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._queue: deque[Cycle] = deque()
+        self._requests = 0
+        self._refusal: RouterError | None = None  # answered once the cycles before it are
+        # timers and flow
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._dropped = 0
+        self._reading = True
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._closing = False
+
+    # -- transport events -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's; the interface is the same.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        self._shared.connections.add(self)
+        self._shared.gone.clear()
+        self._server = _address(transport.get_extra_info("sockname"))
+        self._client = _address(transport.get_extra_info("peername"))
+        self._start_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
+        self._closing = True
+        for timer in (self._head_timer, self._idle_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        for cycle in (self._cycle, *self._queue):
+            if cycle is not None:
+                cycle.lost()
+        if self._parsing is not None:
+            self._parsing.lost()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._shared.closed(self)
+
+    def eof_received(self) -> bool | None:
+        # The client is gone, or half-closed: either way a request in progress stops (its
+        # app gets http.disconnect from connection_lost), as a backend generating for no
+        # one costs tokens. Lingering ends here too.
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            self._drop(len(data))
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._progress = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._feed_without_upgrade(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as error:
+            refused = error.__context__
+            if not isinstance(refused, Refused):
+                raise
+            self._refuse(refused.error)
+        except httptools.HttpParserError as error:
+            self._refuse(self._parse_error(error))
+        else:
+            self._bound_partial_head(len(data))
+
+    def _bound_partial_head(self, size: int) -> None:
+        # llhttp buffers a head piece (the target, a header) until it is whole; a piece that
+        # never ends is bounded here. A feed that made progress counts from that progress.
+        if not self._in_head:
+            return
+        self._unparsed = 0 if self._progress else self._unparsed + size
+        if self._head_size + self._unparsed > self._limits.max_header_bytes:
+            self._refuse(too_large(self._limits.max_header_bytes).error)
+
+    # -- parser callbacks (httptools) ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._unparsed = 0
+        self._in_head = True
+        self._hosts = 0
+        self._expect_100 = False
+        self._head_method = False
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(
+                self._limits.header_timeout_s, self._head_too_slow
+            )
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"expect":
+            self._expect_100 = value.lower() == b"100-continue"
+        elif name == b"upgrade":
+            return  # no protocol switch is offered: the app never sees the proposal
+        self._headers.append((name, value))
+
+    def _grow(self, size: int) -> None:
+        self._progress = True
+        self._head_size += size
+        if self._head_size > self._limits.max_header_bytes:
+            raise too_large(self._limits.max_header_bytes)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        parser = self._parser
+        version: str = parser.get_http_version()
+        method: str = parser.get_method().decode("ascii")
+        self._head_method = method == "HEAD"
+        if version not in _HTTP_1:
+            raise invalid("only HTTP/1.0 and HTTP/1.1 are served")
+        if method == "CONNECT":
+            raise invalid("CONNECT is not served")
+        if version == "1.1" and self._hosts != 1:
+            raise invalid("an HTTP/1.1 request needs exactly one Host header")
+        if parser.should_upgrade():
+            return  # llhttp ends the message here; it is parsed again without the Upgrade
+        path, _, query = self._url.partition(b"?")
+        try:
+            decoded = unquote(path.decode("ascii"))
+        except UnicodeDecodeError:
+            raise invalid("the request target is not ASCII") from None
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": version,
+            "method": method,
+            "scheme": "http",
+            "path": decoded,
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": self._headers,
+            "client": self._client,
+            "server": self._server,
+            "extensions": {},
+        }
+        self._requests += 1
+        keep_alive = (
+            parser.should_keep_alive()
+            and not self._shared.draining
+            and self._requests < self._limits.keep_alive_max_requests
+        )
+        cycle = Cycle(self, scope, keep_alive=keep_alive, expect_100=self._expect_100)
+        self._parsing = cycle
+        if self._cycle is None:
+            self._start(cycle)
+        else:
+            self._queue.append(cycle)
+            self.pause_reading()  # one request ahead is enough
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing.end()
+            self._parsing = None
+
+    def _feed_without_upgrade(self, rest: bytes) -> None:
+        """Parse the upgrade request again as the plain request it is served as."""
+        method = self._parser.get_method()
+        head = b"%s %s HTTP/%s\r\n%s\r\n" % (
+            method,
+            self._url,
+            self._parser.get_http_version().encode(),
+            b"".join(b"%s: %s\r\n" % pair for pair in self._headers),
+        )
+        self._parser = httptools.HttpRequestParser(self)
+        self.data_received(head + rest)
+
+    def _parse_error(self, error: Exception) -> RouterError:
+        reason = str(error)
+        if reason.startswith("Pause on PRI"):
+            reason = "HTTP/2 is not served"
+        return invalid(reason.rstrip(".")).error
+
+    # -- the requests ---------------------------------------------------------------------------
+
+    def _start(self, cycle: Cycle) -> None:
+        self._cycle = cycle
+        self._task = self._loop.create_task(self._run(cycle))
+
+    async def _run(self, cycle: Cycle) -> None:
+        try:
+            await self._shared.app(cycle.scope, cycle.receive, cycle.send)
+        except Exception:
+            _log.exception("http_app_error", path=cycle.scope["path"])
+            self._app_failed(cycle)
+        else:
+            if not cycle.response_complete:
+                if not cycle.disconnected:
+                    _log.error("http_app_no_response", path=cycle.scope["path"])
+                self._app_failed(cycle)
+
+    def _app_failed(self, cycle: Cycle) -> None:
+        if cycle.response_complete:
+            return
+        if not cycle.response_started and not cycle.disconnected:
+            self._cycle = None
+            self._refuse(RouterError())  # 500 in the catalog's shape, then a close
+            return
+        self.close()  # a response cut short: its framing tells the client it is incomplete
+
+    def cycle_done(self, cycle: Cycle) -> None:
+        self._cycle = None
+        self._task = None
+        if not cycle.keep_alive or cycle.body_unread or self._shared.draining:
+            self.close()
+            return
+        if self._queue:
+            self._start(self._queue.popleft())
+            self.resume_reading()
+            return
+        if self._refusal is not None:
+            self._refuse(self._refusal)
+            return
+        self.resume_reading()
+        self._start_idle()
+
+    def _refuse(self, error: RouterError) -> None:
+        """Answer `error` and close, after the answers owed to requests before it."""
+        if self._closing:
+            return
+        cycle = self._cycle
+        if cycle is not None and cycle is not self._parsing:
+            self._refusal = error  # the bytes came after a request still being answered
+            self.pause_reading()
+            return
+        if cycle is not None:  # the bytes were its own body: it ends here, unanswered
+            cycle.lost()
+            self._cycle = None
+            if cycle.response_started:
+                self.close()  # its head may be out: a second answer would not parse
+                return
+        self._queue.clear()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        assert self._transport is not None
+        data = refusal_bytes(error, self._shared.date_line(), with_body=not self._head_method)
+        self._parsing = None
+        self._transport.write(data)
+        self.close()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self._closing:
+            self._refuse(too_slow(self._limits.header_timeout_s).error)
+
+    # -- for Cycle --------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self._closing:
+            self._drained = self._loop.create_future()
+            await self._drained
+
+    def pause_reading(self) -> None:
+        if self._reading and self._transport is not None:
+            self._reading = False
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not (self._reading or self._closing or self._queue) and self._transport is not None:
+            self._reading = True
+            self._transport.resume_reading()
+
+    def date_line(self) -> bytes:
+        return self._shared.date_line()
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def drain_and_close(self) -> None:
+        """The server drains: close now when idle, else after the answer in progress."""
+        if self._cycle is None and self._parsing is None:
+            self.close()
+        elif self._cycle is not None:
+            self._cycle.keep_alive = False  # its head says `connection: close` if not sent yet
+
+    def close(self) -> None:
+        """Close, lingering while the client may still be sending (RFC 9112 §9.6)."""
+        if self._closing or self._transport is None:
+            return
+        self._closing = True
+        for timer in (self._head_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        transport = self._transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self._linger = self._loop.call_later(LINGER_S, transport.close)
+        self._reading = True
+        transport.resume_reading()
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _drop(self, size: int) -> None:
+        # Lingering: read and dropped. Past the byte bound, stop reading but keep the
+        # connection until the timer, so a client busy sending can still read its answer.
+        self._dropped += size
+        if self._dropped > LINGER_BYTES and self._reading and self._transport is not None:
+            self._reading = False
+            self._transport.pause_reading()
+
+    def _start_idle(self) -> None:
+        self._idle_timer = self._loop.call_later(self._limits.keep_alive_timeout_s, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self._cycle is None and self._parsing is None and not self._in_head:
+            self.close()
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None

@@ -1,0 +1,112 @@
+"""routerctl's own HTTP/1.1 server: the listeners, the app's lifespan and the drain.
+
+`serve` runs the ASGI app's startup, accepts on every listener until `shutdown_trigger`
+returns, then drains: listeners close, idle connections close, a connection answering a
+request closes after that answer (`connection: close`), and whatever is still running after
+`graceful_s` is cancelled and its connection reset. Then the app's shutdown runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from appliance.server.h1.protocol import App, H1Connection, H1Limits, Shared
+from appliance.server.sockets import BACKLOG
+from appliance.server.startup_error import StartupError
+from appliance.telemetry.logging import get_logger
+
+_log = get_logger("routerctl.server")
+
+
+async def serve(
+    app: App,
+    sockets: Sequence[socket.socket],
+    limits: H1Limits,
+    *,
+    graceful_s: float,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+) -> None:
+    """Serve `app` on the listening `sockets` until the trigger, then drain and return.
+
+    Raises StartupError when the app's startup fails.
+    """
+    lifespan = Lifespan(app)
+    await lifespan.startup()
+    shared = Shared(app, limits)
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.base_events.Server] = []
+    try:
+        for sock in sockets:
+            server = await loop.create_server(
+                lambda: H1Connection(shared), sock=sock, backlog=BACKLOG
+            )
+            servers.append(server)
+        await shutdown_trigger()
+    finally:
+        await _drain(shared, servers, graceful_s)
+        await lifespan.shutdown()
+
+
+async def _drain(
+    shared: Shared, servers: Sequence[asyncio.base_events.Server], graceful_s: float
+) -> None:
+    shared.draining = True
+    for server in servers:
+        server.close()
+    for conn in list(shared.connections):
+        conn.drain_and_close()
+    if shared.connections:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(shared.gone.wait(), graceful_s)
+    if shared.connections:
+        _log.warning("drain_deadline", connections=len(shared.connections))
+        for conn in list(shared.connections):
+            conn.abort()
+        await asyncio.sleep(0)  # let the cancelled requests unwind
+    for server in servers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+class Lifespan:
+    """The ASGI lifespan protocol: the app's startup before serving, its shutdown after."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+        self._task = asyncio.create_task(self._run(scope))
+        await self._to_app.put({"type": "lifespan.startup"})
+        reply = await self._reply()
+        if reply["type"] == "lifespan.startup.failed":
+            raise StartupError(str(reply.get("message", "")) or "the app failed to start")
+
+    async def shutdown(self) -> None:
+        if self._task is None or self._task.done():
+            return
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        reply = await self._reply()
+        if reply["type"] == "lifespan.shutdown.failed":
+            _log.error("shutdown_failed", detail=str(reply.get("message", "")))
+        await self._task
+
+    async def _reply(self) -> dict[str, Any]:
+        assert self._task is not None
+        getter = asyncio.ensure_future(self._from_app.get())
+        await asyncio.wait({getter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        error = self._task.exception()
+        raise StartupError(f"the app's lifespan ended: {error}" if error else "no lifespan")
+
+    async def _run(self, scope: dict[str, Any]) -> None:
+        await self._app(scope, self._to_app.get, self._from_app.put)

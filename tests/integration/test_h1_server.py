@@ -1,0 +1,367 @@
+"""routerctl's own HTTP/1.1 server (server/h1) on the wire, serving small ASGI apps.
+
+The router's own answers on it are in test_http_edges.py (both engines); these are the
+server's framing, keep-alive, flow and drain rules, each checked on a raw socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from appliance.server.h1 import H1Limits, h1_serve
+from appliance.server.sockets import bind_listener
+from appliance.server.startup_error import StartupError
+
+LIMITS = H1Limits(
+    max_header_bytes=4096, header_timeout_s=0.5, keep_alive_timeout_s=30, keep_alive_max_requests=3
+)
+WIRE_TIMEOUT_S = 10.0
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers with what it saw: method, path, query, headers and the body's length."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    seen = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "raw_path": scope["raw_path"].decode(),
+        "query": scope["query_string"].decode(),
+        "version": scope["http_version"],
+        "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]],
+        "body": size,
+    }
+    body = msgspec.json.encode(seen)
+    if scope["path"] == "/chunked":  # no content-length: the server frames it
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (body[:10], body[10:]):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]] = echo,
+    limits: H1Limits = LIMITS,
+    graceful_s: float = 5.0,
+) -> AsyncIterator[tuple[int, asyncio.Event, asyncio.Task[None]]]:
+    sock = bind_listener("127.0.0.1:0")
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        h1_serve(app, [sock], limits, graceful_s=graceful_s, shutdown_trigger=stop.wait)
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        yield port, stop, task
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send `data`, read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+    finally:
+        writer.close()
+
+
+def statuses(raw: bytes) -> list[int]:
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def json_bodies(raw: bytes) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(m) for m in re.findall(rb"\{\"method\".*?\"body\":\d+\}", raw)]
+
+
+async def test_keep_alive_serves_requests_until_the_per_connection_maximum() -> None:
+    """Requests on one connection are answered in order; the third (the maximum) says close."""
+    get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with serving() as (port, _, _):
+        raw = await exchange(port, get * 5)
+    assert statuses(raw) == [200, 200, 200]
+    heads = raw.split(b"HTTP/1.1 ")[1:]
+    assert [b"connection: close" in head for head in heads] == [False, False, True]
+
+
+async def test_scope_carries_path_query_and_lowercased_headers_without_upgrade() -> None:
+    request = (
+        b"POST /v1/a%20b?x=1 HTTP/1.1\r\nHost: x\r\nX-Thing:  v  \r\nUpgrade: h2c\r\n"
+        b"Connection: close\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    async with serving() as (port, _, _):
+        (seen,) = json_bodies(await exchange(port, request))
+    assert (seen["method"], seen["path"], seen["raw_path"]) == ("POST", "/v1/a b", "/v1/a%20b")
+    assert (seen["query"], seen["version"], seen["body"]) == ("x=1", "1.1", 3)
+    assert ["x-thing", "v"] in seen["headers"]
+    assert "upgrade" not in {name for name, _ in seen["headers"]}
+
+
+async def test_a_websocket_upgrade_with_a_body_is_served_as_http1() -> None:
+    """llhttp ends an upgrade request at its head; the server parses it again as plain
+    HTTP/1.1, so its body is read as a body and what follows as the next request."""
+    request = (
+        b"POST /up HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Content-Length: 4\r\n\r\nbody"
+        b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    async with serving() as (port, _, _):
+        answers = json_bodies(await exchange(port, request))
+    assert [(a["path"], a["body"]) for a in answers] == [("/up", 4), ("/next", 0)]
+
+
+async def test_a_chunked_request_body_and_a_chunked_answer() -> None:
+    request = (
+        b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close"
+        b"\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    async with serving() as (port, _, _):
+        raw = await exchange(port, request)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head
+    assert body.endswith(b"0\r\n\r\n")
+    parts = re.findall(rb"([0-9a-f]+)\r\n(.*?)\r\n", body, re.DOTALL)
+    assert all(int(size, 16) == len(data) for size, data in parts)
+    assert msgspec.json.decode(b"".join(data for _, data in parts))["body"] == 11
+
+
+async def test_http_10_gets_a_close_delimited_answer_unless_it_asks_to_keep_alive() -> None:
+    async with serving() as (port, _, _):
+        plain = await exchange(port, b"GET /chunked HTTP/1.0\r\n\r\n")
+        kept = await exchange(
+            port,
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
+        )
+    assert b"transfer-encoding" not in plain
+    assert b"connection: close" in plain
+    assert json_bodies(plain)[0]["version"] == "1.0"
+    assert statuses(kept) == [200, 200]
+    assert b"connection: keep-alive" in kept
+
+
+async def test_head_answers_have_no_body() -> None:
+    async with serving() as (port, _, _):
+        raw = await exchange(port, b"HEAD /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert statuses(raw) == [200]
+    assert b"content-length: " in head
+    assert body == b""
+
+
+async def test_expect_100_continue_is_answered_when_the_app_reads() -> None:
+    async with serving() as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WIRE_TIMEOUT_S)
+            writer.write(b"ok")
+            rest = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+        finally:
+            writer.close()
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert json_bodies(rest)[0]["body"] == 2
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "why"),
+    [
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", b"CONNECT is not served"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"exactly one Host"),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", b"only HTTP/1.0 and HTTP/1.1"),
+        (b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n", b"not valid HTTP/1.1"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", b"Invalid header value char"),
+    ],
+)
+async def test_refused_heads_get_a_catalog_400_and_a_close(
+    request_bytes: bytes, why: bytes
+) -> None:
+    async with serving() as (port, _, _):
+        raw = await exchange(port, request_bytes + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(raw) == [400]
+    assert why in raw
+    assert b'"code":"invalid_request"' in raw
+    assert b"connection: close" in raw
+
+
+async def test_a_header_that_never_ends_is_431_before_it_is_buffered_whole() -> None:
+    """llhttp buffers a header value until its line ends; the server counts those bytes."""
+    async with serving() as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            for _ in range(20):  # 20 KiB, never a line end; the limit is 4 KiB
+                writer.write(b"a" * 1024)
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            raw = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+        finally:
+            writer.close()
+    assert statuses(raw) == [431]
+    assert b"exceeds 4096 bytes" in raw
+
+
+async def test_a_bad_request_after_a_good_one_is_refused_after_its_answer() -> None:
+    async with serving() as (port, _, _):
+        raw = await exchange(port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP AT ALL\r\n\r\n")
+    assert statuses(raw) == [200, 400]
+
+
+async def test_an_app_that_fails_before_answering_gets_a_catalog_500() -> None:
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        raise RuntimeError("boom")
+
+    async with serving(broken) as (port, _, _):
+        raw = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(raw) == [500]
+    assert b'"code":"internal_error"' in raw
+    assert b"boom" not in raw
+
+
+async def test_a_response_header_with_a_line_break_is_never_written() -> None:
+    async def injecting(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        headers = [(b"x-evil", b"a\r\nset-cookie: b")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    async with serving(injecting) as (port, _, _):
+        raw = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"set-cookie" not in raw
+    assert statuses(raw) == [500]
+
+
+async def test_a_client_gone_mid_request_gets_the_app_a_disconnect() -> None:
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    async def waiting(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        while (message := await receive())["type"] != "http.disconnect":
+            pass
+        await seen.put(message["type"])
+
+    async with serving(waiting) as (port, _, _):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        assert await asyncio.wait_for(seen.get(), WIRE_TIMEOUT_S) == "http.disconnect"
+
+
+async def test_the_drain_finishes_the_answer_in_progress_with_a_close_then_stops() -> None:
+    started = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        started.set()
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async with serving(slow) as (port, stop, task):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await started.wait()
+        stop.set()
+        raw = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+        writer.close()
+        await asyncio.wait_for(task, WIRE_TIMEOUT_S)
+        with pytest.raises(ConnectionRefusedError):  # the listener closed with the drain
+            await asyncio.open_connection("127.0.0.1", port)
+    assert statuses(raw) == [200]
+    assert b"connection: close" in raw
+    assert raw.endswith(b"0\r\n\r\n")  # the whole chunked answer
+
+
+async def test_the_drain_deadline_cuts_what_is_still_running() -> None:
+    async def endless(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            await asyncio.sleep(0.05)
+
+    async with serving(endless, graceful_s=0.3) as (port, stop, task):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        stop.set()
+        await asyncio.wait_for(task, WIRE_TIMEOUT_S)  # returns at the deadline
+        try:
+            rest = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+        except ConnectionResetError:
+            rest = b""  # reset: as cut as it gets
+        writer.close()
+    assert not rest.endswith(b"0\r\n\r\n")  # cut: the client sees an incomplete answer
+
+
+async def test_a_failed_startup_is_a_startup_error_with_its_message() -> None:
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no state dir"})
+
+    sock = bind_listener("127.0.0.1:0")
+    try:
+        with pytest.raises(StartupError, match="no state dir"):
+            await h1_serve(
+                failing, [sock], LIMITS, graceful_s=1, shutdown_trigger=asyncio.Event().wait
+            )
+    finally:
+        sock.close()
