@@ -109,6 +109,7 @@ class H1Connection(asyncio.Protocol):
         self._dropped = 0
         self._reading = True
         self._write_paused = False
+        self._out: list[bytes] | None = None  # written this pass of the loop, sent at its end
         self._drained: asyncio.Future[None] | None = None
         self._closing = False
 
@@ -363,7 +364,7 @@ class H1Connection(asyncio.Protocol):
         assert self._transport is not None
         data = refusal_bytes(error, self._shared.date_line(), with_body=not self._head_method)
         self._parsing = None
-        self._transport.write(data)
+        self.write(data)
         self.close()
 
     def _head_too_slow(self) -> None:
@@ -374,9 +375,23 @@ class H1Connection(asyncio.Protocol):
     # -- for Cycle --------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Queue `data`; what is written in one pass of the loop leaves in one send()."""
+        if self._out is not None:
+            self._out.append(data)
+            return
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            self._out = [data]
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def drain(self) -> None:
         if self._write_paused and not self._closing:
@@ -409,6 +424,7 @@ class H1Connection(asyncio.Protocol):
         """Close, lingering while the client may still be sending (RFC 9112 §9.6)."""
         if self._closing or self._transport is None:
             return
+        self._flush()
         self._closing = True
         for timer in (self._head_timer, self._idle_timer):
             if timer is not None:
