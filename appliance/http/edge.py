@@ -1,7 +1,7 @@
 """ASGI middleware at the edge: request id, body size and read deadline, metrics, access log.
 
-hypercorn does not limit ASGI request bodies nor time their arrival, so the body is read
-here, bounded in size and time, before Quart sees the request. Quart then gets the buffered
+The body is read here, bounded in size and time, before Quart sees the request: one place
+for every server engine (hypercorn bounds neither). Quart then gets the buffered
 body in one message; later `receive()` calls go to the server so disconnects still arrive.
 """
 

@@ -1,4 +1,4 @@
-"""Run the app on hypercorn (uvloop), the metrics listener beside it, and drain on signals.
+"""Run the app on its engine (uvloop), the metrics listener beside it, and drain on signals.
 
 Shutdown order: a signal turns readiness to 503 (with `shutdown_delay_s`, the listener keeps
 accepting that long so load balancers notice), then stops the listeners accepting; requests

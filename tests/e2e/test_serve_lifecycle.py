@@ -14,11 +14,14 @@ import pytest
 from tests.e2e.cli import router_process, run_cli
 
 
-def write_config(tmp: Path, mock_url: str, key_lines: str, graceful_s: float) -> Path:
+def write_config(
+    tmp: Path, mock_url: str, key_lines: str, graceful_s: float, engine: str = "routerctl"
+) -> Path:
     path = tmp / "router.toml"
     path.write_text(
         f"""
 [server]
+engine = "{engine}"
 graceful_shutdown_s = {graceful_s}
 metrics_listen = ""
 
@@ -65,10 +68,17 @@ async def open_stream(
     return response
 
 
-async def test_sigterm_lets_an_inflight_stream_finish(mock_url: str, tmp_path: Path) -> None:
-    """After SIGTERM the listener closes, the open stream completes, and the exit code is 0."""
+ENGINES = pytest.mark.parametrize("engine", ["routerctl", "hypercorn"])
+
+
+@ENGINES
+async def test_sigterm_lets_an_inflight_stream_finish(
+    mock_url: str, tmp_path: Path, engine: str
+) -> None:
+    """After SIGTERM the listener closes, the open stream completes, and the exit code is 0
+    (on either server engine)."""
     key, block = minted_key("acme")
-    config = write_config(tmp_path, mock_url, block, graceful_s=10)
+    config = write_config(tmp_path, mock_url, block, graceful_s=10, engine=engine)
     with router_process(["--config", str(config)], tmp_path) as router:
         async with aiohttp.ClientSession() as session:
             response = await open_stream(session, router.url, key, chunks=8, delay_ms=250)
@@ -83,10 +93,11 @@ async def test_sigterm_lets_an_inflight_stream_finish(mock_url: str, tmp_path: P
         assert await asyncio.to_thread(router.process.wait, 10) == 0
 
 
-async def test_drain_deadline_ends_long_streams(mock_url: str, tmp_path: Path) -> None:
+@ENGINES
+async def test_drain_deadline_ends_long_streams(mock_url: str, tmp_path: Path, engine: str) -> None:
     """A stream longer than graceful_shutdown_s is cut at the deadline; the router still exits 0."""
     key, block = minted_key("acme")
-    config = write_config(tmp_path, mock_url, block, graceful_s=0.5)
+    config = write_config(tmp_path, mock_url, block, graceful_s=0.5, engine=engine)
     with router_process(["--config", str(config)], tmp_path) as router:
         async with aiohttp.ClientSession() as session:
             response = await open_stream(session, router.url, key, chunks=200, delay_ms=100)
