@@ -73,6 +73,8 @@ class LimitParts:
             await self.authority.close()
         if self.spend is not None:
             await self.spend.close()
+        if self.shared is not None:
+            await self.shared.aclose()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -94,7 +96,10 @@ def build_limits(
     if settings.state.redis_configured:
         redis = connect_redis(settings.state, environ)
         shared = RedisAdmissionStore(
-            redis.client, lease_s=limits.concurrency_lease_s, timeout_s=limits.redis_timeout_s
+            redis.client,
+            lease_s=limits.concurrency_lease_s,
+            timeout_s=limits.redis_timeout_s,
+            multiplex=redis.mode == "standalone",
         )
         keeper = LeaseKeeper(shared)
         # The in-process store is the fallback while Redis is away: no budget checks then.

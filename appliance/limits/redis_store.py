@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterError, NoScriptError, RedisError, TryAgainError
 
@@ -39,6 +40,7 @@ from appliance.limits.ports import (
 )
 from appliance.limits.redis_batch import AutoPipeline, Call
 from appliance.limits.redis_client import RedisClient, describe
+from appliance.limits.redis_mux import Multiplexed
 from appliance.limits.redis_script import BUCKET_LUA, BUCKET_SHA
 from appliance.telemetry.logging import get_logger
 
@@ -72,7 +74,10 @@ class RedisAdmissionStore:
         prefix: str = "",
         lease_s: float = 60.0,
         timeout_s: float = 0.05,
+        multiplex: bool = False,
     ) -> None:
+        """`multiplex`: send every call on one shared connection (redis_mux.py), for a
+        standalone Redis; else each batch is a pipeline on a pooled connection."""
         if lease_s <= 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
         self._client = client
@@ -88,6 +93,9 @@ class RedisAdmissionStore:
         # A cluster slot being moved answers TRYAGAIN until the org's keys are together
         # again: that call alone is sent again, within its deadline, without the others.
         self._admissions = AutoPipeline(self._send_admissions, again=_moving, deadline_s=timeout_s)
+        self._mux = (
+            Multiplexed(client.connection_pool) if isinstance(client, Redis) and multiplex else None
+        )
 
     @property
     def lease_s(self) -> float:
@@ -265,7 +273,15 @@ class RedisAdmissionStore:
                 replies[i] = reply
         return replies
 
+    async def aclose(self) -> None:
+        """Close the shared connection, if any (the client is the caller's to close)."""
+        if self._mux is not None:
+            await self._mux.aclose()
+
     async def _send(self, calls: list[Call]) -> list[Any]:
+        if self._mux is not None:
+            commands = [("EVALSHA", BUCKET_SHA, len(keys), *keys, *args) for keys, args in calls]
+            return await self._mux.execute(commands)
         async with self._client.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.execute_command("EVALSHA", BUCKET_SHA, len(keys), *keys, *args)
@@ -282,6 +298,8 @@ class RedisAdmissionStore:
             async with asyncio.timeout(self._timeout_s):
                 return await call
         except (RedisError, OSError) as exc:  # OSError includes asyncio's TimeoutError
+            if isinstance(exc, TimeoutError) and self._mux is not None:
+                self._mux.reset()  # a reply still owed on it would answer the next caller
             raise LimiterBackendError(f"redis {op} failed: {describe(exc)}") from exc
 
 

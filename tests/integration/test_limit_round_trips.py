@@ -16,6 +16,7 @@ from appliance.app_limits import LimitParts, build_limits
 from appliance.audit.events import AuditEvent
 from appliance.limits.limiter import Permit
 from appliance.limits.policy import LimitPolicy, build_policy
+from appliance.limits.redis_mux import Multiplexed
 from appliance.settings import ApiKey, LimitSettings, Org, Settings, StateSettings
 from appliance.telemetry.metrics import Metrics
 from tests.services import RedisServer
@@ -30,7 +31,8 @@ class Audit:
 
 
 class RoundTrips:
-    """Counts what the limiter's Redis client sends: each command or pipeline is one trip."""
+    """Counts what the limiter's Redis client sends: each command, pipeline or write of the
+    shared connection (standalone Redis: redis_mux) is one trip."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, client: aioredis.Redis | Any) -> None:
         self.count = 0
@@ -45,8 +47,15 @@ class RoundTrips:
             self.count += 1
             return await batch(pipe, *args, **kwargs)
 
+        shared: Any = Multiplexed.execute
+
+        async def counted_shared(mux: Multiplexed, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await shared(mux, *args, **kwargs)
+
         monkeypatch.setattr(client, "execute_command", counted_command)
         monkeypatch.setattr(Pipeline, "execute", counted_pipeline)
+        monkeypatch.setattr(Multiplexed, "execute", counted_shared)
 
 
 async def evalsha_calls(server: RedisServer) -> int:
