@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from appliance.server.h1 import H1Limits, h1_serve
+from appliance.server.h1.protocol import MAX_PIPELINED
 from appliance.server.sockets import bind_listener
 from appliance.server.startup_error import StartupError
 
@@ -365,3 +366,154 @@ async def test_a_failed_startup_is_a_startup_error_with_its_message() -> None:
             )
     finally:
         sock.close()
+
+
+# -- found in review: each failed before its fix --------------------------------------------
+
+
+def quick(**changes: float) -> H1Limits:
+    values: dict[str, float] = {
+        "max_header_bytes": 4096,
+        "header_timeout_s": 5,
+        "keep_alive_timeout_s": 5,
+        "keep_alive_max_requests": 1000,
+    }
+    values.update(changes)
+    return H1Limits(**values)  # type: ignore[arg-type]
+
+
+async def test_a_connection_that_sends_only_line_ends_still_times_out() -> None:
+    """llhttp skips CRLFs between requests without a callback: they must not stop the idle
+    deadline (a slowloris that costs two bytes)."""
+    async with serving(limits=quick(keep_alive_timeout_s=0.3, header_timeout_s=0.3)) as (
+        port,
+        _,
+        _,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)  # closed when idle
+        finally:
+            writer.close()
+    assert statuses(raw) == [200]
+
+
+async def test_trailers_are_never_merged_into_the_headers() -> None:
+    request = (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nAuthorization: Bearer smuggled\r\nHost: other\r\n\r\n"
+    )
+    async with serving() as (port, _, _):
+        (seen,) = json_bodies(await exchange(port, request))
+    names = [name for name, _ in seen["headers"]]
+    assert "authorization" not in names
+    assert names.count("host") == 1
+
+
+async def test_a_trailer_that_never_ends_is_431() -> None:
+    async with serving() as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\nX-Trailer: "
+            )
+            for _ in range(20):  # 20 KiB of one trailer value; the head's bound is 4 KiB
+                writer.write(b"a" * 1024)
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            raw = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+        finally:
+            writer.close()
+    assert statuses(raw) == [431]
+
+
+async def slow_first(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http" and scope["path"] == "/slow":
+        await asyncio.sleep(0.4)
+    await echo(scope, receive, send)
+
+
+async def test_bytes_after_a_refusal_that_waits_for_an_answer_are_never_parsed() -> None:
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    async with serving(slow_first) as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            # the second request has no Host: refused, but only after /slow is answered
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+        finally:
+            writer.close()
+    assert statuses(raw) == [200, 400]
+    assert errors == []
+
+
+async def test_a_pipelined_request_with_a_bad_body_is_refused_not_started() -> None:
+    request = (
+        b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n"
+    )
+    async with serving(slow_first) as (port, _, _):
+        raw = await exchange(port, request)
+    assert statuses(raw) == [200, 400]
+    assert [a["path"] for a in json_bodies(raw)] == ["/slow"]
+
+
+async def test_pipelining_past_the_bound_is_answered_then_refused() -> None:
+    """At most MAX_PIPELINED requests wait parsed; the one past them is refused after the
+    answers before it (upgrades included: each is parsed again, never recursively)."""
+    one = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+    async with serving(slow_first, limits=quick()) as (port, _, _):
+        raw = await exchange(port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + one * 800)
+    answered = statuses(raw)
+    assert answered == [200] * (1 + MAX_PIPELINED) + [400]
+
+
+async def test_a_pipelined_head_is_not_timed_while_an_answer_is_owed() -> None:
+    async with serving(slow_first, limits=quick(header_timeout_s=0.2)) as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /3 HTTP/1.1\r\nHo"
+            )
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"st: x\r\nConnection: close\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), WIRE_TIMEOUT_S)
+        finally:
+            writer.close()
+    assert statuses(raw) == [200, 200, 200]
+
+
+async def test_the_drain_waits_for_a_request_still_finishing_after_its_client_left() -> None:
+    """An app still at work for a client that left (the usage record of a cut stream) ends
+    before the app's lifespan shutdown closes what it writes to."""
+    events: list[str] = []
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            events.append("lifespan shutdown")
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        await asyncio.sleep(0.3)
+        events.append("request finished")
+
+    async with serving(streaming) as (port, stop, task):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"data: 1\n\n")
+        writer.close()
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, WIRE_TIMEOUT_S)
+    assert events == ["request finished", "lifespan shutdown"]

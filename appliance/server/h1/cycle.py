@@ -206,6 +206,11 @@ class Cycle:
         return b"".join(lines)
 
     @property
+    def head_on_wire(self) -> bool:
+        """The answer's head was written (it is held until the first body message)."""
+        return self.response_started and not self._head
+
+    @property
     def body_unread(self) -> bool:
         """The request's body has not all arrived: the connection cannot serve another."""
         return self.more_body
@@ -222,6 +227,8 @@ def _head_lines(status: int, headers: Any) -> tuple[list[bytes], int, bool]:
             raise ResponseError("a response header holds a line break")
         lower = name.lower()
         if lower == b"content-length":
+            if not value.isdigit():
+                raise ResponseError("the content-length is not a whole number")
             length = int(value)
         elif lower == b"connection":
             close = close or b"close" in value.lower()

@@ -35,6 +35,7 @@ from appliance.telemetry.logging import get_logger
 
 LINGER_S = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
+MAX_PIPELINED = 64  # requests parsed ahead of their answers on one connection
 _HTTP_1 = frozenset({"1.0", "1.1"})
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
@@ -58,6 +59,7 @@ class Shared:
         self.app = app
         self.limits = limits
         self.connections: set[H1Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # the apps running, one per request
         self.draining = False
         self._date_at = -1
         self._date = b""
@@ -102,6 +104,7 @@ class H1Connection(asyncio.Protocol):
         self._queue: deque[Cycle] = deque()
         self._requests = 0
         self._refusal: RouterError | None = None  # answered once the cycles before it are
+        self._refusal_head_only = False
         # timers and flow
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -118,6 +121,9 @@ class H1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio's; the interface is the same.
         self._transport = transport = cast(asyncio.Transport, transport)
+        if self._shared.draining:  # accepted as the listener closed
+            transport.close()
+            return
         self._shared.connections.add(self)
         self._shared.gone.clear()
         self._server = _address(transport.get_extra_info("sockname"))
@@ -156,28 +162,35 @@ class H1Connection(asyncio.Protocol):
         if self._closing:
             self._drop(len(data))
             return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._refusal is not None:
+            return  # a refusal waits for the answers before it: nothing after it is parsed
         self._progress = False
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._feed_without_upgrade(data[upgrade.args[0] :])
-        except httptools.HttpParserCallbackError as error:
-            refused = error.__context__
-            if not isinstance(refused, Refused):
-                raise
-            self._refuse(refused.error)
-        except httptools.HttpParserError as error:
-            self._refuse(self._parse_error(error))
-        else:
-            self._bound_partial_head(len(data))
+        while True:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                # llhttp ends an upgrade request at its head; it is served as the plain
+                # request it also is, so the head is parsed again without the Upgrade.
+                data = self._head_without_upgrade() + data[upgrade.args[0] :]
+                self._parser = httptools.HttpRequestParser(self)
+                continue
+            except httptools.HttpParserCallbackError as error:
+                refused = error.__context__
+                if isinstance(refused, Refused):
+                    self._refuse(refused.error, head_only=self._head_method)
+                else:  # a defect of ours: never an exception out of a transport callback
+                    _log.error("http_callback_failed", error=type(refused).__name__)
+                    self._refuse(RouterError())
+            except httptools.HttpParserError as error:
+                self._refuse(self._parse_error(error), head_only=self._head_method)
+            else:
+                self._bound_partial_piece(len(data))
+            return
 
-    def _bound_partial_head(self, size: int) -> None:
-        # llhttp buffers a head piece (the target, a header) until it is whole; a piece that
-        # never ends is bounded here. A feed that made progress counts from that progress.
-        if not self._in_head:
+    def _bound_partial_piece(self, size: int) -> None:
+        # llhttp buffers a head piece (the target, a header, a trailer) until it is whole; a
+        # piece that never ends is bounded here. A feed that made progress counts from there.
+        if not self._in_head and self._parsing is None:
             return
         self._unparsed = 0 if self._progress else self._unparsed + size
         if self._head_size + self._unparsed > self._limits.max_header_bytes:
@@ -186,6 +199,9 @@ class H1Connection(asyncio.Protocol):
     # -- parser callbacks (httptools) ---------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._idle_timer is not None:  # bare CRLFs between requests do not end idleness
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -205,6 +221,8 @@ class H1Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._grow(len(name) + len(value) + 4)
+        if not self._in_head:
+            return  # a chunked body's trailer: counted against the head's bound, never merged
         name = name.lower()
         value = value.rstrip(b" \t")
         if name == b"host":
@@ -230,6 +248,8 @@ class H1Connection(asyncio.Protocol):
         version: str = parser.get_http_version()
         method: str = parser.get_method().decode("ascii")
         self._head_method = method == "HEAD"
+        if len(self._queue) >= MAX_PIPELINED:
+            raise invalid(f"more than {MAX_PIPELINED} requests sent ahead of their answers")
         if version not in _HTTP_1:
             raise invalid("only HTTP/1.0 and HTTP/1.1 are served")
         if method == "CONNECT":
@@ -264,7 +284,8 @@ class H1Connection(asyncio.Protocol):
             and not self._shared.draining
             and self._requests < self._limits.keep_alive_max_requests
         )
-        cycle = Cycle(self, scope, keep_alive=keep_alive, expect_100=self._expect_100)
+        expect_100 = self._expect_100 and version == "1.1"  # HTTP/1.0 knows no 100 Continue
+        cycle = Cycle(self, scope, keep_alive=keep_alive, expect_100=expect_100)
         self._parsing = cycle
         if self._cycle is None:
             self._start(cycle)
@@ -273,6 +294,7 @@ class H1Connection(asyncio.Protocol):
             self.pause_reading()  # one request ahead is enough
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         if self._parsing is not None:
             self._parsing.feed(body)
 
@@ -281,17 +303,13 @@ class H1Connection(asyncio.Protocol):
             self._parsing.end()
             self._parsing = None
 
-    def _feed_without_upgrade(self, rest: bytes) -> None:
-        """Parse the upgrade request again as the plain request it is served as."""
-        method = self._parser.get_method()
-        head = b"%s %s HTTP/%s\r\n%s\r\n" % (
-            method,
+    def _head_without_upgrade(self) -> bytes:
+        return b"%s %s HTTP/%s\r\n%s\r\n" % (
+            self._parser.get_method(),
             self._url,
             self._parser.get_http_version().encode(),
             b"".join(b"%s: %s\r\n" % pair for pair in self._headers),
         )
-        self._parser = httptools.HttpRequestParser(self)
-        self.data_received(head + rest)
 
     def _parse_error(self, error: Exception) -> RouterError:
         reason = str(error)
@@ -303,7 +321,9 @@ class H1Connection(asyncio.Protocol):
 
     def _start(self, cycle: Cycle) -> None:
         self._cycle = cycle
-        self._task = self._loop.create_task(self._run(cycle))
+        self._task = task = self._loop.create_task(self._run(cycle))
+        self._shared.tasks.add(task)  # the drain waits for it, connection gone or not
+        task.add_done_callback(self._shared.tasks.discard)
 
     async def _run(self, cycle: Cycle) -> None:
         try:
@@ -320,9 +340,10 @@ class H1Connection(asyncio.Protocol):
     def _app_failed(self, cycle: Cycle) -> None:
         if cycle.response_complete:
             return
-        if not cycle.response_started and not cycle.disconnected:
-            self._cycle = None
-            self._refuse(RouterError())  # 500 in the catalog's shape, then a close
+        if not cycle.head_on_wire and not cycle.disconnected and self._cycle is cycle:
+            self._cycle = None  # its held head, if any, is dropped with it
+            # 500 in the catalog's shape, then a close
+            self._refuse(RouterError(), head_only=cycle.scope["method"] == "HEAD")
             return
         self.close()  # a response cut short: its framing tells the client it is incomplete
 
@@ -337,40 +358,55 @@ class H1Connection(asyncio.Protocol):
             self.resume_reading()
             return
         if self._refusal is not None:
-            self._refuse(self._refusal)
+            error, self._refusal = self._refusal, None
+            self._refuse(error, head_only=self._refusal_head_only)
             return
         self.resume_reading()
         self._start_idle()
 
-    def _refuse(self, error: RouterError) -> None:
-        """Answer `error` and close, after the answers owed to requests before it."""
+    def _refuse(self, error: RouterError, *, head_only: bool = False) -> None:
+        """Answer `error` and close, after the answers owed to requests before it.
+
+        `head_only`: the refused request is a HEAD, whose answer has no body."""
         if self._closing:
             return
-        cycle = self._cycle
-        if cycle is not None and cycle is not self._parsing:
-            self._refusal = error  # the bytes came after a request still being answered
+        cycle, parsing = self._cycle, self._parsing
+        if cycle is not None and cycle is not parsing:
+            # The bytes came after a request still being answered: it is answered first,
+            # with those queued before the bad bytes; one whose own body was bad never runs.
+            if parsing is not None and parsing in self._queue:
+                self._queue.remove(parsing)
+                parsing.lost()
+            self._parsing = None
+            self._refusal, self._refusal_head_only = error, head_only
             self.pause_reading()
             return
         if cycle is not None:  # the bytes were its own body: it ends here, unanswered
             cycle.lost()
             self._cycle = None
-            if cycle.response_started:
-                self.close()  # its head may be out: a second answer would not parse
+            if cycle.head_on_wire:
+                self.close()  # a second answer after a head already sent would not parse
                 return
         self._queue.clear()
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        assert self._transport is not None
-        data = refusal_bytes(error, self._shared.date_line(), with_body=not self._head_method)
         self._parsing = None
-        self.write(data)
+        self.write(refusal_bytes(error, self._shared.date_line(), with_body=not head_only))
         self.close()
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self._in_head and not self._closing:
-            self._refuse(too_slow(self._limits.header_timeout_s).error)
+        if not self._in_head or self._closing:
+            return
+        if self._cycle is not None:
+            # An answer is still owed: the server is not reading (pipelined ahead), so the
+            # head is timed again from now rather than blamed on the client.
+            self._head_timer = self._loop.call_later(
+                self._limits.header_timeout_s, self._head_too_slow
+            )
+            return
+        self._refuse(too_slow(self._limits.header_timeout_s).error, head_only=self._head_method)
 
     # -- for Cycle --------------------------------------------------------------------------
 
@@ -404,7 +440,11 @@ class H1Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if not (self._reading or self._closing or self._queue) and self._transport is not None:
+        if (
+            not (self._reading or self._closing or self._queue)
+            and self._refusal is None
+            and self._transport is not None
+        ):
             self._reading = True
             self._transport.resume_reading()
 
@@ -438,9 +478,18 @@ class H1Connection(asyncio.Protocol):
         except (OSError, RuntimeError):
             transport.close()
             return
-        self._linger = self._loop.call_later(LINGER_S, transport.close)
+        self._linger = self._loop.call_later(LINGER_S, self._linger_over)
         self._reading = True
         transport.resume_reading()
+
+    def _linger_over(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()  # a client that reads nothing does not keep what it was sent
+        else:
+            transport.close()
 
     def abort(self) -> None:
         if self._task is not None:

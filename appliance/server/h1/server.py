@@ -20,6 +20,8 @@ from appliance.server.startup_error import StartupError
 from appliance.telemetry.logging import get_logger
 
 _log = get_logger("routerctl.server")
+LIFESPAN_TIMEOUT_S = 60.0  # the app's startup, and its shutdown, each at most this long
+CANCELLED_CLEANUP_S = 5.0
 
 
 async def serve(
@@ -54,19 +56,33 @@ async def serve(
 async def _drain(
     shared: Shared, servers: Sequence[asyncio.base_events.Server], graceful_s: float
 ) -> None:
+    """Close the listeners, let what runs finish within `graceful_s`, then cut the rest.
+
+    Waits for the requests' apps as well as the connections: an app still finishing after
+    its client left (the usage record of a cut stream) completes before the app's
+    lifespan shutdown closes what it writes to."""
     shared.draining = True
     for server in servers:
         server.close()
     for conn in list(shared.connections):
         conn.drain_and_close()
-    if shared.connections:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(shared.gone.wait(), graceful_s)
-    if shared.connections:
-        _log.warning("drain_deadline", connections=len(shared.connections))
+    deadline = asyncio.get_running_loop().time() + graceful_s
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            while shared.connections:
+                await shared.gone.wait()
+            if shared.tasks:
+                await asyncio.wait(set(shared.tasks))
+    if shared.connections or shared.tasks:
+        _log.warning(
+            "drain_deadline", connections=len(shared.connections), requests=len(shared.tasks)
+        )
         for conn in list(shared.connections):
             conn.abort()
-        await asyncio.sleep(0)  # let the cancelled requests unwind
+        for task in list(shared.tasks):
+            task.cancel()
+        if shared.tasks:  # their cleanup (a `finally` that awaits) gets a moment
+            await asyncio.wait(set(shared.tasks), timeout=CANCELLED_CLEANUP_S)
     for server in servers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -85,7 +101,11 @@ class Lifespan:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
         self._task = asyncio.create_task(self._run(scope))
         await self._to_app.put({"type": "lifespan.startup"})
-        reply = await self._reply()
+        try:
+            async with asyncio.timeout(LIFESPAN_TIMEOUT_S):
+                reply = await self._reply()
+        except TimeoutError:
+            raise StartupError(f"the app did not start within {LIFESPAN_TIMEOUT_S:g} s") from None
         if reply["type"] == "lifespan.startup.failed":
             raise StartupError(str(reply.get("message", "")) or "the app failed to start")
 
@@ -93,10 +113,17 @@ class Lifespan:
         if self._task is None or self._task.done():
             return
         await self._to_app.put({"type": "lifespan.shutdown"})
-        reply = await self._reply()
-        if reply["type"] == "lifespan.shutdown.failed":
-            _log.error("shutdown_failed", detail=str(reply.get("message", "")))
-        await self._task
+        try:
+            async with asyncio.timeout(LIFESPAN_TIMEOUT_S):
+                reply = await self._reply()
+                if reply["type"] == "lifespan.shutdown.failed":
+                    _log.error("shutdown_failed", detail=str(reply.get("message", "")))
+                await self._task
+        except TimeoutError:
+            _log.error(
+                "shutdown_timeout", detail=f"the app's shutdown took over {LIFESPAN_TIMEOUT_S:g} s"
+            )
+            self._task.cancel()
 
     async def _reply(self) -> dict[str, Any]:
         assert self._task is not None
