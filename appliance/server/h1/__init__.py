@@ -6,8 +6,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from appliance.server.h1.protocol import H1Limits
 from appliance.server.h1.server import serve as h1_serve
+from appliance.server.h1.shared import H1Limits
 from appliance.server.sockets import bind_listener
 from appliance.settings import ADMIN_ON_PUBLIC, ServerSettings
 

@@ -18,64 +18,23 @@ Pipelined requests are answered in order, one at a time.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Any, cast
-from urllib.parse import unquote
 
 import httptools
 
 from appliance.errors import RouterError
 from appliance.server.h1.cycle import Cycle
+from appliance.server.h1.head import Head
 from appliance.server.h1.refusal import Refused, invalid, refusal_bytes, too_large, too_slow
+from appliance.server.h1.shared import Shared
 from appliance.telemetry.logging import get_logger
 
 LINGER_S = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
 MAX_PIPELINED = 64  # requests parsed ahead of their answers on one connection
-_HTTP_1 = frozenset({"1.0", "1.1"})
-_ASGI = {"version": "3.0", "spec_version": "2.3"}
 
-App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _log = get_logger("routerctl.http")
-
-
-@dataclass(frozen=True, slots=True)
-class H1Limits:
-    max_header_bytes: int
-    header_timeout_s: float
-    keep_alive_timeout_s: float
-    keep_alive_max_requests: int
-
-
-class Shared:
-    """What the connections of one server share: the set of them, the drain flag, the
-    Date header (formatted once a second)."""
-
-    def __init__(self, app: App, limits: H1Limits) -> None:
-        self.app = app
-        self.limits = limits
-        self.connections: set[H1Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # the apps running, one per request
-        self.draining = False
-        self._date_at = -1
-        self._date = b""
-        self.gone = asyncio.Event()  # set whenever the last connection closes
-
-    def date_line(self) -> bytes:
-        now = int(time.time())
-        if now != self._date_at:
-            self._date_at = now
-            self._date = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
-        return self._date
-
-    def closed(self, conn: H1Connection) -> None:
-        self.connections.discard(conn)
-        if not self.connections:
-            self.gone.set()
 
 
 class H1Connection(asyncio.Protocol):
@@ -88,15 +47,9 @@ class H1Connection(asyncio.Protocol):
         self._server: tuple[str, int] | None = None
         self._client: tuple[str, int] | None = None
         # the request being parsed
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
-        self._in_head = False
+        self._head = Head(self._limits.max_header_bytes)
         self._unparsed = 0  # bytes fed since the parser last reported progress (a head piece)
         self._progress = False
-        self._hosts = 0
-        self._expect_100 = False
-        self._head_method = False  # a HEAD request's refusal has no body
         self._parsing: Cycle | None = None
         # the requests being answered
         self._cycle: Cycle | None = None
@@ -171,18 +124,23 @@ class H1Connection(asyncio.Protocol):
             except httptools.HttpParserUpgrade as upgrade:
                 # llhttp ends an upgrade request at its head; it is served as the plain
                 # request it also is, so the head is parsed again without the Upgrade.
-                data = self._head_without_upgrade() + data[upgrade.args[0] :]
+                data = (
+                    self._head.without_upgrade(
+                        self._parser.get_method(), self._parser.get_http_version()
+                    )
+                    + data[upgrade.args[0] :]
+                )
                 self._parser = httptools.HttpRequestParser(self)
                 continue
             except httptools.HttpParserCallbackError as error:
                 refused = error.__context__
                 if isinstance(refused, Refused):
-                    self._refuse(refused.error, head_only=self._head_method)
+                    self._refuse(refused.error, head_only=self._head.is_head)
                 else:  # a defect of ours: never an exception out of a transport callback
                     _log.error("http_callback_failed", error=type(refused).__name__)
                     self._refuse(RouterError())
             except httptools.HttpParserError as error:
-                self._refuse(self._parse_error(error), head_only=self._head_method)
+                self._refuse(self._parse_error(error), head_only=self._head.is_head)
             else:
                 self._bound_partial_piece(len(data))
             return
@@ -190,10 +148,10 @@ class H1Connection(asyncio.Protocol):
     def _bound_partial_piece(self, size: int) -> None:
         # llhttp buffers a head piece (the target, a header, a trailer) until it is whole; a
         # piece that never ends is bounded here. A feed that made progress counts from there.
-        if not self._in_head and self._parsing is None:
+        if not self._head.open and self._parsing is None:
             return
         self._unparsed = 0 if self._progress else self._unparsed + size
-        if self._head_size + self._unparsed > self._limits.max_header_bytes:
+        if self._head.size + self._unparsed > self._limits.max_header_bytes:
             self._refuse(too_large(self._limits.max_header_bytes).error)
 
     # -- parser callbacks (httptools) ---------------------------------------------------------
@@ -202,89 +160,41 @@ class H1Connection(asyncio.Protocol):
         if self._idle_timer is not None:  # bare CRLFs between requests do not end idleness
             self._idle_timer.cancel()
             self._idle_timer = None
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
+        self._head.begin()
         self._unparsed = 0
-        self._in_head = True
-        self._hosts = 0
-        self._expect_100 = False
-        self._head_method = False
         if self._head_timer is None:
             self._head_timer = self._loop.call_later(
                 self._limits.header_timeout_s, self._head_too_slow
             )
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._grow(len(url))
+        self._progress = True
+        self._head.add_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value) + 4)
-        if not self._in_head:
-            return  # a chunked body's trailer: counted against the head's bound, never merged
-        name = name.lower()
-        value = value.rstrip(b" \t")
-        if name == b"host":
-            self._hosts += 1
-        elif name == b"expect":
-            self._expect_100 = value.lower() == b"100-continue"
-        elif name == b"upgrade":
-            return  # no protocol switch is offered: the app never sees the proposal
-        self._headers.append((name, value))
-
-    def _grow(self, size: int) -> None:
         self._progress = True
-        self._head_size += size
-        if self._head_size > self._limits.max_header_bytes:
-            raise too_large(self._limits.max_header_bytes)
+        self._head.add_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         parser = self._parser
         version: str = parser.get_http_version()
         method: str = parser.get_method().decode("ascii")
-        self._head_method = method == "HEAD"
+        self._head.complete(method, version)
         if len(self._queue) >= MAX_PIPELINED:
             raise invalid(f"more than {MAX_PIPELINED} requests sent ahead of their answers")
-        if version not in _HTTP_1:
-            raise invalid("only HTTP/1.0 and HTTP/1.1 are served")
-        if method == "CONNECT":
-            raise invalid("CONNECT is not served")
-        if version == "1.1" and self._hosts != 1:
-            raise invalid("an HTTP/1.1 request needs exactly one Host header")
         if parser.should_upgrade():
             return  # llhttp ends the message here; it is parsed again without the Upgrade
-        path, _, query = self._url.partition(b"?")
-        try:
-            decoded = unquote(path.decode("ascii"))
-        except UnicodeDecodeError:
-            raise invalid("the request target is not ASCII") from None
-        scope = {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": version,
-            "method": method,
-            "scheme": "http",
-            "path": decoded,
-            "raw_path": path,
-            "query_string": query,
-            "root_path": "",
-            "headers": self._headers,
-            "client": self._client,
-            "server": self._server,
-            "extensions": {},
-        }
+        scope = self._head.scope(method, version, self._client, self._server)
         self._requests += 1
         keep_alive = (
             parser.should_keep_alive()
             and not self._shared.draining
             and self._requests < self._limits.keep_alive_max_requests
         )
-        expect_100 = self._expect_100 and version == "1.1"  # HTTP/1.0 knows no 100 Continue
+        expect_100 = self._head.expect_100 and version == "1.1"  # HTTP/1.0 has no 100
         cycle = Cycle(self, scope, keep_alive=keep_alive, expect_100=expect_100)
         self._parsing = cycle
         if self._cycle is None:
@@ -302,14 +212,6 @@ class H1Connection(asyncio.Protocol):
         if self._parsing is not None:
             self._parsing.end()
             self._parsing = None
-
-    def _head_without_upgrade(self) -> bytes:
-        return b"%s %s HTTP/%s\r\n%s\r\n" % (
-            self._parser.get_method(),
-            self._url,
-            self._parser.get_http_version().encode(),
-            b"".join(b"%s: %s\r\n" % pair for pair in self._headers),
-        )
 
     def _parse_error(self, error: Exception) -> RouterError:
         reason = str(error)
@@ -397,7 +299,7 @@ class H1Connection(asyncio.Protocol):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if not self._in_head or self._closing:
+        if not self._head.open or self._closing:
             return
         if self._cycle is not None:
             # An answer is still owed: the server is not reading (pipelined ahead), so the
@@ -406,7 +308,7 @@ class H1Connection(asyncio.Protocol):
                 self._limits.header_timeout_s, self._head_too_slow
             )
             return
-        self._refuse(too_slow(self._limits.header_timeout_s).error, head_only=self._head_method)
+        self._refuse(too_slow(self._limits.header_timeout_s).error)
 
     # -- for Cycle --------------------------------------------------------------------------
 
@@ -510,7 +412,7 @@ class H1Connection(asyncio.Protocol):
 
     def _idle(self) -> None:
         self._idle_timer = None
-        if self._cycle is None and self._parsing is None and not self._in_head:
+        if self._cycle is None and self._parsing is None and not self._head.open:
             self.close()
 
 

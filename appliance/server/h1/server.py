@@ -14,7 +14,8 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from appliance.server.h1.protocol import App, H1Connection, H1Limits, Shared
+from appliance.server.h1.protocol import H1Connection
+from appliance.server.h1.shared import App, H1Limits, Shared
 from appliance.server.sockets import BACKLOG
 from appliance.server.startup_error import StartupError
 from appliance.telemetry.logging import get_logger
