@@ -50,11 +50,23 @@ class _ExitedEarlyError(ServiceError):
     """The server exited before answering, usually because its port was taken."""
 
 
+_HANDED_OUT: set[int] = set()  # ports this process was given: none is given twice
+
+
 def free_port() -> int:
-    """Return a loopback port that was free a moment ago (the caller must tolerate races)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """Return a loopback port that was free a moment ago (the caller must tolerate races).
+
+    Never one this process was given before: a test that fixes one port in a config (say
+    metrics) and restarts its router would otherwise, now and then, be handed that port again
+    for the router's listener while it is free between two runs."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no loopback port left that this test process was not given before")
 
 
 def _owns_port(pid: int, port: int) -> bool:
