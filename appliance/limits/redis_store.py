@@ -279,12 +279,12 @@ class RedisAdmissionStore:
             await self._mux.aclose()
 
     async def _send(self, calls: list[Call]) -> list[Any]:
+        commands = [("EVALSHA", BUCKET_SHA, len(keys), *keys, *args) for keys, args in calls]
         if self._mux is not None:
-            commands = [("EVALSHA", BUCKET_SHA, len(keys), *keys, *args) for keys, args in calls]
             return await self._mux.execute(commands)
         async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", BUCKET_SHA, len(keys), *keys, *args)
+            for command in commands:
+                pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
 
     async def _load(self) -> None:

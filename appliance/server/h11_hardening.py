@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -32,10 +31,10 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
-from appliance.errors import HeadersTooLarge, InvalidRequest, RequestTimeout, RouterError
+from appliance.errors import RouterError
 from appliance.server import lingering_close
+from appliance.server.h1.refusal import invalid, refused, too_large, too_slow
 from appliance.server.startup_error import StartupError
-from appliance.telemetry.logging import get_logger
 
 WRITTEN_FOR = "0.18.0"
 # The internals overridden below, by the names hypercorn's code uses for them.
@@ -53,8 +52,6 @@ _NO_SWITCH = "no protocol switch is offered"
 # h11 quotes offending bytes in some messages ("illegal header line: b'...'"); a client's
 # headers, its API key among them, are neither echoed nor logged.
 _QUOTED_BYTES = re.compile(r":? (?:b'|b\"|bytearray\().*", re.DOTALL)
-
-_log = get_logger("routerctl.http")
 
 
 class HardenedConfig(Config):
@@ -185,8 +182,7 @@ class HardenedH11Protocol(H11Protocol):
 
     async def _send_error_response(self, status_code: int) -> None:
         error = self._error_for(status_code)
-        request_id = uuid.uuid4().hex
-        body = error.body()
+        request_id, body = refused(error)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -198,18 +194,13 @@ class HardenedH11Protocol(H11Protocol):
         if not self._strict.refused_head:
             await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
-        _log.info("http_refused", request_id=request_id, status=error.status, reason=error.message)
 
     def _error_for(self, status_code: int) -> RouterError:
-        if status_code == 408:
-            return RequestTimeout(
-                f"The request head did not arrive within {self._head_timeout:g} s."
-            )
+        if status_code == 408 and self._head_timeout is not None:
+            return too_slow(self._head_timeout).error
         if status_code == 431:
-            limit = self.config.h11_max_incomplete_size
-            return HeadersTooLarge(f"The request head exceeds {limit} bytes.")
-        refusal = self._strict.refusal or "malformed request"
-        return InvalidRequest(f"The request is not valid HTTP/1.1: {refusal}.")
+            return too_large(self.config.h11_max_incomplete_size).error
+        return invalid(self._strict.refusal or "malformed request").error
 
     def _watch_head(self) -> None:
         """Start the head deadline when a head is buffered but not complete."""

@@ -27,13 +27,24 @@ WIRE_TIMEOUT_S = 10.0
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def lifespan_too(app: App) -> App:
+    """`app`, which serves HTTP, with the lifespan part every server runs first."""
+
+    async def both(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return both
+
+
+@lifespan_too
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with what it saw: method, path, query, headers and the body's length."""
-    if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
-        return
     size = 0
     while True:
         message = await receive()
@@ -253,10 +264,8 @@ async def test_a_bad_request_after_a_good_one_is_refused_after_its_answer() -> N
 
 
 async def test_an_app_that_fails_before_answering_gets_a_catalog_500() -> None:
+    @lifespan_too
     async def broken(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         raise RuntimeError("boom")
 
     async with serving(broken) as (port, _, _):
@@ -267,10 +276,8 @@ async def test_an_app_that_fails_before_answering_gets_a_catalog_500() -> None:
 
 
 async def test_a_response_header_with_a_line_break_is_never_written() -> None:
+    @lifespan_too
     async def injecting(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         headers = [(b"x-evil", b"a\r\nset-cookie: b")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"x"})
@@ -284,10 +291,8 @@ async def test_a_response_header_with_a_line_break_is_never_written() -> None:
 async def test_a_client_gone_mid_request_gets_the_app_a_disconnect() -> None:
     seen: asyncio.Queue[str] = asyncio.Queue()
 
+    @lifespan_too
     async def waiting(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         while (message := await receive())["type"] != "http.disconnect":
             pass
         await seen.put(message["type"])
@@ -304,10 +309,8 @@ async def test_a_client_gone_mid_request_gets_the_app_a_disconnect() -> None:
 async def test_the_drain_finishes_the_answer_in_progress_with_a_close_then_stops() -> None:
     started = asyncio.Event()
 
+    @lifespan_too
     async def slow(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         started.set()
         await asyncio.sleep(0.3)
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -330,10 +333,8 @@ async def test_the_drain_finishes_the_answer_in_progress_with_a_close_then_stops
 
 
 async def test_the_drain_deadline_cuts_what_is_still_running() -> None:
+    @lifespan_too
     async def endless(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         while True:
             await send({"type": "http.response.body", "body": b"x", "more_body": True})

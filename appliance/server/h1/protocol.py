@@ -28,10 +28,9 @@ from appliance.server.h1.cycle import Cycle
 from appliance.server.h1.head import Head
 from appliance.server.h1.refusal import Refused, invalid, refusal_bytes, too_large, too_slow
 from appliance.server.h1.shared import Shared
+from appliance.server.lingering_close import LINGER_BYTES, LINGER_S
 from appliance.telemetry.logging import get_logger
 
-LINGER_S = 2.0
-LINGER_BYTES = 16 * 1024 * 1024
 MAX_PIPELINED = 64  # requests parsed ahead of their answers on one connection
 
 _log = get_logger("routerctl.http")
@@ -53,7 +52,6 @@ class H1Connection(asyncio.Protocol):
         self._parsing: Cycle | None = None
         # the requests being answered
         self._cycle: Cycle | None = None
-        self._task: asyncio.Task[None] | None = None
         self._queue: deque[Cycle] = deque()
         self._requests = 0
         self._refusal: RouterError | None = None  # answered once the cycles before it are
@@ -83,6 +81,10 @@ class H1Connection(asyncio.Protocol):
         self._client = _address(transport.get_extra_info("peername"))
         self._start_idle()
 
+    # No eof_received: the default closes, so a client gone or half-closed stops the request
+    # in progress (its app gets http.disconnect), as a backend generating for no one costs
+    # tokens. Lingering ends there too.
+
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
         self._closing = True
         for timer in (self._head_timer, self._idle_timer, self._linger):
@@ -96,12 +98,6 @@ class H1Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._shared.closed(self)
-
-    def eof_received(self) -> bool | None:
-        # The client is gone, or half-closed: either way a request in progress stops (its
-        # app gets http.disconnect from connection_lost), as a backend generating for no
-        # one costs tokens. Lingering ends here too.
-        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -176,9 +172,7 @@ class H1Connection(asyncio.Protocol):
         self._head.add_header(name, value)
 
     def on_headers_complete(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_head_timer()
         parser = self._parser
         version: str = parser.get_http_version()
         method: str = parser.get_method().decode("ascii")
@@ -223,7 +217,7 @@ class H1Connection(asyncio.Protocol):
 
     def _start(self, cycle: Cycle) -> None:
         self._cycle = cycle
-        self._task = task = self._loop.create_task(self._run(cycle))
+        task = self._loop.create_task(self._run(cycle))
         self._shared.tasks.add(task)  # the drain waits for it, connection gone or not
         task.add_done_callback(self._shared.tasks.discard)
 
@@ -251,7 +245,6 @@ class H1Connection(asyncio.Protocol):
 
     def cycle_done(self, cycle: Cycle) -> None:
         self._cycle = None
-        self._task = None
         if not cycle.keep_alive or cycle.body_unread or self._shared.draining:
             self.close()
             return
@@ -290,9 +283,7 @@ class H1Connection(asyncio.Protocol):
                 self.close()  # a second answer after a head already sent would not parse
                 return
         self._queue.clear()
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_head_timer()
         self._parsing = None
         self.write(refusal_bytes(error, self._shared.date_line(), with_body=not head_only))
         self.close()
@@ -394,10 +385,14 @@ class H1Connection(asyncio.Protocol):
             transport.close()
 
     def abort(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Reset the connection (the drain's deadline; it cancels the apps itself)."""
         if self._transport is not None:
             self._transport.abort()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def _drop(self, size: int) -> None:
         # Lingering: read and dropped. Past the byte bound, stop reading but keep the

@@ -35,16 +35,21 @@ def too_slow(timeout_s: float) -> Refused:
     return Refused(RequestTimeout(f"The request head did not arrive within {timeout_s:g} s."))
 
 
-def refusal_bytes(error: RouterError, date: bytes, *, with_body: bool = True) -> bytes:
-    """The whole answer (head and body) to a refused request; logged as `http_refused`."""
+def refused(error: RouterError) -> tuple[str, bytes]:
+    """A refusal's fresh request id and body, logged as `http_refused` (either engine)."""
     request_id = uuid.uuid4().hex
-    body = error.body()
+    _log.info("http_refused", request_id=request_id, status=error.status, reason=error.message)
+    return request_id, error.body()
+
+
+def refusal_bytes(error: RouterError, date: bytes, *, with_body: bool = True) -> bytes:
+    """The whole answer (head and body) to a refused request."""
+    request_id, body = refused(error)
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"x-request-id: %s\r\nconnection: close\r\n%s\r\n"
         % (error.status, reason_phrase(error.status), len(body), request_id.encode(), date)
     )
-    _log.info("http_refused", request_id=request_id, status=error.status, reason=error.message)
     return head + body if with_body else head
 
 
