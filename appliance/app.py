@@ -54,8 +54,10 @@ from appliance.telemetry.loop_lag import LoopLagMonitor
 from appliance.telemetry.metrics import Metrics
 from appliance.telemetry.routing_metrics import RoutingMetrics
 from appliance.telemetry.tracing import OtelTracing
-from appliance.upstream.client import BackendClient
+from appliance.upstream.aiohttp_client import AiohttpBackendClient
 from appliance.upstream.forwarder import Forwarder, RoutingParts
+from appliance.upstream.h1.client import H1BackendClient
+from appliance.upstream.ports import BackendClient
 from appliance.usage.buffer_service import BufferService
 from appliance.usage.ports import SinkError
 
@@ -113,7 +115,11 @@ def build_app(
     state_dir = Path(settings.state.dir)
     registry = Registry.from_settings(settings)
     book = OverrideBook(time.time)
-    backends = BackendClient(settings.backends, config.credentials)
+    backends: BackendClient = (
+        H1BackendClient(settings.backends, config.credentials)
+        if settings.server.upstream_client == "routerctl"
+        else AiohttpBackendClient(settings.backends, config.credentials)
+    )
     store = build_store(settings, state_dir)
     audit = SqliteAuditStore(state_dir / "audit.sqlite")
     runtime = Runtime.from_settings(settings)

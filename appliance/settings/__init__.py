@@ -37,6 +37,8 @@ class ServerSettings(_Section, frozen=True):
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
     # "routerctl": the built-in HTTP/1.1 server on llhttp; "hypercorn": the h11-based one.
     engine: Literal["routerctl", "hypercorn"] = "routerctl"
+    # What carries requests to backends: the built-in HTTP/1.1 client on llhttp, or aiohttp.
+    upstream_client: Literal["routerctl", "aiohttp"] = "routerctl"
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
     body_read_timeout_s: PositiveFloat = 30.0
     header_timeout_s: PositiveFloat = 10.0  # from a head's first byte to its end, else 408

@@ -25,10 +25,10 @@ from appliance.routing.retry_budget import RetryBudget
 from appliance.routing.selection import ModelRoute
 from appliance.telemetry.logging import get_logger
 from appliance.telemetry.spans import AttemptSpan, RequestTrace
-from appliance.upstream.client import BackendClient, UpstreamResponse
 from appliance.upstream.dialect import dialect_of
 from appliance.upstream.model_name import ModelName
 from appliance.upstream.payload import InferenceRequest, render_upstream
+from appliance.upstream.ports import BackendClient, UpstreamResponse
 from appliance.upstream.relay import (
     ProgressCallback,
     Relayed,

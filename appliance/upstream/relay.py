@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 
 from appliance.errors import RouterError, UpstreamInvalidResponse, UpstreamStreamBroken
-from appliance.upstream.client import UpstreamResponse
+from appliance.upstream.ports import UpstreamResponse
 from appliance.upstream.usage import ResponsesScanner, StreamScanner, Usage
 
 _encode = msgspec.json.Encoder().encode

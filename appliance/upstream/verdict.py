@@ -17,7 +17,7 @@ from appliance.errors import (
     UpstreamRateLimited,
     UpstreamRedirect,
 )
-from appliance.upstream.client import UpstreamResponse
+from appliance.upstream.ports import UpstreamResponse
 from appliance.upstream.usage import NotAnObject, Usage, answer_usage
 
 # On the router's error answers that stem from a backend's HTTP answer: its status.
