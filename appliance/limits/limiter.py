@@ -217,6 +217,9 @@ class Limiter:
         check = None
         if budget and policy.budget_usd > 0 and self._authority is None:
             check = SpendCheck(self._current_period(), policy.budget_usd, not policy.budget_shadow)
+        if share == 1.0:
+            buckets, shadow = policy.whole_buckets(estimate)
+            return AdmitRequest(policy.org, holder, buckets, shadow, policy.whole_slots, check)
         return AdmitRequest(
             org=policy.org,
             holder=holder,

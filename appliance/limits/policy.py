@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.limits.ports import BucketReading, BucketSpec
+from appliance.limits.ports import BucketReading, BucketSpec, SlotSpec
 from appliance.settings import ApiKey, Org
 
 _SECONDS_PER_MINUTE = 60.0
 _CHARS_PER_TOKEN = 4  # the usual rough ratio for English text with BPE tokenizers
+_ESTIMATE = -1  # a tpm spec's cost in LimitPolicy's made-once specs: the request's estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +41,28 @@ class LimitPolicy:
     budget_shadow: bool
     enforced: tuple[Limit, ...] = field(init=False, compare=False)  # rates not in shadow
     shadow: tuple[Limit, ...] = field(init=False, compare=False)  # rates in shadow
+    # The buckets and slots of the whole limits (a share of 1), made once: a tpm bucket's
+    # cost is the request's estimate, filled in by `whole_buckets`.
+    _enforced_specs: tuple[BucketSpec, ...] = field(init=False, compare=False, repr=False)
+    _shadow_specs: tuple[BucketSpec, ...] = field(init=False, compare=False, repr=False)
+    whole_slots: tuple[SlotSpec, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "enforced", tuple(r for r in self.rates if not r.shadow))
-        object.__setattr__(self, "shadow", tuple(r for r in self.rates if r.shadow))
+        enforced = tuple(r for r in self.rates if not r.shadow)
+        shadow = tuple(r for r in self.rates if r.shadow)
+        object.__setattr__(self, "enforced", enforced)
+        object.__setattr__(self, "shadow", shadow)
+        object.__setattr__(
+            self, "_enforced_specs", tuple(bucket_spec(r, _ESTIMATE) for r in enforced)
+        )
+        object.__setattr__(self, "_shadow_specs", tuple(bucket_spec(r, _ESTIMATE) for r in shadow))
+        slots = tuple(SlotSpec(c.key, max(1, c.value), not c.shadow) for c in self.concurrency)
+        object.__setattr__(self, "whole_slots", slots)
+
+    def whole_buckets(self, estimate: int) -> tuple[tuple[BucketSpec, ...], tuple[BucketSpec, ...]]:
+        """The enforced and shadow buckets of the whole limits, for a request of `estimate`
+        tokens: `bucket_spec` of each, at a share of 1."""
+        return _costed(self._enforced_specs, estimate), _costed(self._shadow_specs, estimate)
 
     @property
     def limited(self) -> bool:
@@ -75,6 +94,16 @@ def build_policy(org: Org, key: ApiKey) -> LimitPolicy:
         concurrency=tuple(concurrency),
         budget_usd=org.monthly_budget_usd,
         budget_shadow="monthly_budget_usd" in org.shadow,
+    )
+
+
+def _costed(specs: tuple[BucketSpec, ...], estimate: int) -> tuple[BucketSpec, ...]:
+    if not specs:
+        return ()
+    cost = float(estimate)
+    return tuple(
+        s if s.cost != _ESTIMATE else BucketSpec(s.key, s.capacity, s.refill_per_s, cost)
+        for s in specs
     )
 
 

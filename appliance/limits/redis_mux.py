@@ -50,7 +50,7 @@ class Multiplexed:
         futures = [loop.create_future() for _ in commands]
         link.waiting.extend(futures)
         try:
-            await link.conn.send_packed_command(link.conn.pack_commands(commands), False)
+            await link.conn.send_packed_command(pack(commands), False)
         except Exception as exc:
             self._drop(link, exc)
             raise
@@ -123,6 +123,25 @@ class Multiplexed:
             future = link.waiting.popleft()
             if not future.done():
                 future.set_exception(error)
+
+
+def pack(commands: list[Command]) -> bytes:
+    """RESP arrays of bulk strings, as redis-py packs them (str as UTF-8, numbers as their
+    text), in one pass: its packer is a large share of an admission's CPU."""
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+                data = repr(arg).encode()
+            else:
+                raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _ignore(task: asyncio.Future[None]) -> None:

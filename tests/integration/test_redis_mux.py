@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from appliance.limits.redis_mux import Multiplexed
+from appliance.limits.redis_mux import Multiplexed, pack
 from tests.services import RedisServer
 
 
@@ -68,3 +68,22 @@ async def test_after_a_reset_a_late_reply_never_answers_the_next_caller(
     assert await mux.execute([("ECHO", "mine")]) == [b"mine"]
     await asyncio.sleep(0.4)  # the BLPOP's nil would have arrived by now
     assert await mux.execute([("ECHO", "still mine")]) == [b"still mine"]
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    commands: list[tuple[object, ...]] = [
+        ("EVALSHA", "abc", 3, "rl:{o}:k", "x é", "admit", "1 2 3"),
+        ("PING",),
+        ("SET", "k", 1.5, b"\x00\xff", -7),
+    ]
+    reference = aioredis.Redis().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    assert pack(commands) == b"".join(reference.pack_commands(commands))
+    with pytest.raises(TypeError):
+        pack([("SET", "k", True)])
+
+
+async def test_every_kind_of_argument_reaches_redis_intact(mux: Multiplexed) -> None:
+    value = "x é \x00 " + "y" * 1000
+    replies = await mux.execute([("SET", "k", value), ("GET", "k"), ("INCRBYFLOAT", "f", 1.25)])
+    assert replies[1] == value.encode()
+    assert float(replies[2]) == 1.25

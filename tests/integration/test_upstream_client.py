@@ -524,3 +524,15 @@ async def test_closing_the_client_cuts_a_body_that_ends_at_eof() -> None:
         await client.close()
         with pytest.raises(UpstreamStreamBroken):
             await asyncio.wait_for(reading, 2)
+
+
+async def test_waiting_for_a_free_connection_uses_up_the_ttfb_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pool_module, "POOL_LIMIT", 1)
+    async with scripted(answering(OK, OK), ttfb_timeout_s=0.3) as (_, client):
+        held = await client.post("b", "chat/completions", b"{}", "r0")  # the only connection
+        with pytest.raises(UpstreamTimeout):
+            await asyncio.wait_for(post(client, "r1"), 5)
+        assert await held.read() == b"{}"
+        assert await post(client, "r2") == b"{}"  # the pool still works

@@ -13,7 +13,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 
-from appliance.errors import RouterError, UpstreamError, UpstreamTimeout
+from appliance.errors import RouterError, UpstreamError
 from appliance.settings import Backend
 from appliance.settings.loader import BackendCredentials
 from appliance.upstream.endpoints import Endpoint, endpoint
@@ -143,7 +143,8 @@ class H1BackendClient:
         lines.append(f"host: {target.endpoint.host_header}\r\n\r\n")
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._exchange(target, "".join(lines).encode("latin-1"), timeout_s)
+                request = "".join(lines).encode("latin-1")
+                response = await self._exchange(target, request, timeout_s, timeout_s)
                 await response.read()
         except (RouterError, TimeoutError, UnicodeEncodeError):
             return False
@@ -173,20 +174,21 @@ class H1BackendClient:
             + f"{extra}content-length: {len(body)}\r\n\r\n".encode("latin-1", "replace")
         )
         backend = target.endpoint.backend
-        try:
-            async with asyncio.timeout(backend.ttfb_timeout_s):
-                return await self._exchange(target, [head, body], backend.total_timeout_s)
-        except TimeoutError:
-            raise UpstreamTimeout() from None
+        return await self._exchange(
+            target, [head, body], backend.ttfb_timeout_s, backend.total_timeout_s
+        )
 
     async def _exchange(
-        self, target: _Target, request: bytes | list[bytes], total_s: float
+        self, target: _Target, request: bytes | list[bytes], head_s: float, total_s: float
     ) -> H1Response:
-        """Send on a pooled connection; the response once its head is in."""
+        """Send on a pooled connection; the response once its head is in. The head's
+        deadline counts from now: waiting for a free connection and connecting use it up."""
         backend = target.endpoint.backend
-        conn = await target.pool.acquire(backend.connect_timeout_s)
+        now = asyncio.get_running_loop().time()
+        head_at = now + head_s
+        conn = await target.pool.acquire(backend.connect_timeout_s, head_at)
         try:
-            conn.start(request, total_s, UpstreamTimeout())
+            conn.start(request, head_at, now + total_s)
             assert conn.head is not None
             await conn.head
         except BaseException:

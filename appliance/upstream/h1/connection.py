@@ -14,7 +14,7 @@ from typing import cast
 
 import httptools
 
-from appliance.errors import RouterError, UpstreamError, UpstreamStreamBroken
+from appliance.errors import RouterError, UpstreamError, UpstreamStreamBroken, UpstreamTimeout
 
 BUFFER_HIGH = 256 * 1024  # body bytes queued before the socket is paused
 MAX_HEAD_BYTES = 64 * 1024  # a backend's response head beyond this is refused
@@ -51,12 +51,14 @@ class BackendConnection(asyncio.Protocol):
         self._error: RouterError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._end_at = 0.0
 
     # Driven by the client.
 
-    def start(self, request: bytes | list[bytes], deadline_s: float, expired: RouterError) -> None:
+    def start(self, request: bytes | list[bytes], head_at: float, end_at: float) -> None:
         """Send a request; `head` resolves with its answer's head, or with the error that
-        ended the exchange (`expired` once `deadline_s` has passed)."""
+        ended the exchange: UpstreamTimeout without a head by `head_at` or an end by `end_at`
+        (loop times)."""
         assert self._transport is not None
         assert not self.busy
         self.busy, self.reusable = True, False
@@ -64,7 +66,9 @@ class BackendConnection(asyncio.Protocol):
         self._until_eof = self._ended = False
         self._error = None
         self.head = self._loop.create_future()
-        self._deadline = self._loop.call_later(deadline_s, self.fail, expired)
+        # One timer: at the head's deadline, then (if the head came) moved to the end's.
+        self._end_at = end_at
+        self._deadline = self._loop.call_at(min(head_at, end_at), self._expire)
         if isinstance(request, list):
             self._transport.writelines(request)
         else:
@@ -217,6 +221,14 @@ class BackendConnection(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        head_in = self.head is not None and self.head.done()
+        if head_in and self._loop.time() < self._end_at - 0.001:  # a tick early is on time
+            self._deadline = self._loop.call_at(self._end_at, self._expire)
+        else:
+            self.fail(UpstreamTimeout())
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None:

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 from collections import deque
 
-from appliance.errors import UpstreamConnectError
+from appliance.errors import UpstreamConnectError, UpstreamTimeout
 from appliance.upstream.h1.connection import BackendConnection
 
 POOL_LIMIT = 1024  # open connections per origin; a request past them waits for one
@@ -22,8 +22,10 @@ class Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.closed = False
 
-    async def acquire(self, connect_timeout_s: float) -> BackendConnection:
-        """A kept-alive connection, else a new one (UpstreamConnectError if it can't be)."""
+    async def acquire(self, connect_timeout_s: float, wait_until: float) -> BackendConnection:
+        """A kept-alive connection, else a new one (UpstreamConnectError if it can't be);
+        waiting for one to come back at most until `wait_until` (loop time), then
+        UpstreamTimeout."""
         while True:
             now = self._loop.time()
             while self._idle:
@@ -38,10 +40,13 @@ class Pool:
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
-            except asyncio.CancelledError:
+                async with asyncio.timeout_at(wait_until):
+                    await waiter
+            except (TimeoutError, asyncio.CancelledError) as exc:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # woken, then gone: the next one gets the turn
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout() from None
                 raise
             finally:
                 if waiter in self._waiters:
