@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import trustme
 
 from appliance.errors import (
     UpstreamConnectError,
@@ -536,3 +539,57 @@ async def test_waiting_for_a_free_connection_uses_up_the_ttfb_timeout(
             await asyncio.wait_for(post(client, "r1"), 5)
         assert await held.read() == b"{}"
         assert await post(client, "r2") == b"{}"  # the pool still works
+
+
+@contextlib.asynccontextmanager
+async def tls_wire(ca: trustme.CA) -> AsyncIterator[Wire]:
+    """The scripted backend behind TLS, its certificate for 127.0.0.1 from `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    state = Wire(port=0)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        with contextlib.suppress(Exception):
+            await answering(OK, OK)(state)(reader, writer)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@both
+async def test_https_backend_is_verified_against_the_system_cas(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA()
+    async with tls_wire(ca) as state:
+        url = f"https://127.0.0.1:{state.port}/v1"
+        backend = Backend(id="b", url=url)
+        creds = {"b": BackendCredentials(headers={})}
+        # Not trusted: the CA is nobody's.
+        untrusting = CLIENTS[kind]((backend,), creds)
+        await untrusting.open()
+        try:
+            with pytest.raises(UpstreamConnectError):
+                await post(untrusting)
+        finally:
+            await untrusting.close()
+        if kind == "aiohttp":
+            return  # aiohttp builds its context at import: SSL_CERT_FILE must be set before
+        # Trusted once the system's CA file holds it (SSL_CERT_FILE, read per context).
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        trusting = CLIENTS[kind]((backend,), creds)
+        await trusting.open()
+        try:
+            assert await post(trusting) == b"{}"
+        finally:
+            await trusting.close()
+    assert b"host: 127.0.0.1:" in state.requests[0].lower()
