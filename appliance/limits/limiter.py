@@ -28,7 +28,14 @@ from appliance.errors import (
     RequestExceedsLimit,
 )
 from appliance.limits.budget import cost_usd, period_end, period_of, period_start
-from appliance.limits.policy import Limit, LimitPolicy, bucket_spec, oversized, rate_headers
+from appliance.limits.policy import (
+    Limit,
+    LimitPolicy,
+    bucket_spec,
+    oversized,
+    rate_headers,
+    slot_spec,
+)
 from appliance.limits.ports import (
     RATE,
     Adjust,
@@ -39,7 +46,6 @@ from appliance.limits.ports import (
     LimiterBackendError,
     LimitObserver,
     Settlement,
-    SlotSpec,
     SpendCheck,
     Verdict,
 )
@@ -225,10 +231,7 @@ class Limiter:
             holder=holder,
             buckets=tuple(bucket_spec(r, estimate, share) for r in policy.enforced),
             shadow=tuple(bucket_spec(r, estimate, share) for r in policy.shadow),
-            slots=tuple(
-                SlotSpec(c.key, max(1, int(c.value * share)), not c.shadow)
-                for c in policy.concurrency
-            ),
+            slots=tuple(slot_spec(c, share) for c in policy.concurrency),
             budget=check,
         )
 

@@ -56,8 +56,7 @@ class LimitPolicy:
             self, "_enforced_specs", tuple(bucket_spec(r, _ESTIMATE) for r in enforced)
         )
         object.__setattr__(self, "_shadow_specs", tuple(bucket_spec(r, _ESTIMATE) for r in shadow))
-        slots = tuple(SlotSpec(c.key, max(1, c.value), not c.shadow) for c in self.concurrency)
-        object.__setattr__(self, "whole_slots", slots)
+        object.__setattr__(self, "whole_slots", tuple(slot_spec(c) for c in self.concurrency))
 
     def whole_buckets(self, estimate: int) -> tuple[tuple[BucketSpec, ...], tuple[BucketSpec, ...]]:
         """The enforced and shadow buckets of the whole limits, for a request of `estimate`
@@ -115,6 +114,11 @@ def bucket_spec(limit: Limit, estimate_tokens: int, share: float = 1.0) -> Bucke
     capacity = max(limit.value * share, 1.0)
     cost = 1.0 if limit.name == "rpm" else float(estimate_tokens)
     return BucketSpec(limit.key, capacity, capacity / _SECONDS_PER_MINUTE, cost)
+
+
+def slot_spec(limit: Limit, share: float = 1.0) -> SlotSpec:
+    """A concurrency limit as slots; `share` < 1 as for `bucket_spec`, never below 1 slot."""
+    return SlotSpec(limit.key, max(1, int(limit.value * share)), not limit.shadow)
 
 
 def oversized(limits: tuple[Limit, ...], estimate_tokens: int) -> Limit | None:

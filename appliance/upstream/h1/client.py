@@ -87,18 +87,32 @@ class H1Response:
 
 
 class _Target:
-    """An endpoint with its request head rendered up to the per-request lines."""
+    """An endpoint with its requests rendered once: the probe whole, a POST up to its
+    per-request lines (its request line once per path)."""
 
-    __slots__ = ("endpoint", "fixed", "invalid", "pool")
+    __slots__ = ("_request_lines", "endpoint", "fixed", "invalid", "pool", "probe")
 
     def __init__(self, target: Endpoint, pool: Pool) -> None:
         self.endpoint, self.pool = target, pool
-        # A host header in the backend's config names the server, as it would to aiohttp.
-        lines = [] if "host" in target.headers else [f"host: {target.host_header}\r\n"]
-        lines += (f"{name}: {value}\r\n" for name, value in target.headers.items())
-        text = "".join(lines)
         self.invalid = not _FORBIDDEN.isdisjoint("".join(target.headers.values()))
-        self.fixed = b"" if self.invalid else text.encode("latin-1", "replace")
+        self.fixed = b"" if self.invalid else _header_block(target, target.headers)
+        probe = f"GET {target.health_path} HTTP/1.1\r\n".encode("latin-1", "replace")
+        self.probe = probe + _header_block(target, target.probe_headers) + b"\r\n"
+        self._request_lines: dict[str, bytes] = {}
+
+    def request_line(self, path: str) -> bytes:
+        line = self._request_lines.get(path)
+        if line is None:
+            text = f"POST {self.endpoint.base_path}/{path} HTTP/1.1\r\n"
+            line = self._request_lines[path] = text.encode("latin-1", "replace")
+        return line
+
+
+def _header_block(target: Endpoint, headers: Mapping[str, str]) -> bytes:
+    # A host header in the backend's config names the server, as it would to aiohttp.
+    lines = [] if "host" in headers else [f"host: {target.host_header}\r\n"]
+    lines += (f"{name}: {value}\r\n" for name, value in headers.items())
+    return "".join(lines).encode("latin-1", "replace")
 
 
 class H1BackendClient:
@@ -136,17 +150,13 @@ class H1BackendClient:
         if not self._open:
             return False
         target = self._target(backend_id)
-        if target.invalid or not _FORBIDDEN.isdisjoint(target.endpoint.health_path):
+        if target.invalid:  # the health path is percent-encoded: only headers can break lines
             return False
-        lines = [f"GET {target.endpoint.health_path} HTTP/1.1\r\n"]
-        lines += (f"{n}: {v}\r\n" for n, v in target.endpoint.probe_headers.items())
-        lines.append(f"host: {target.endpoint.host_header}\r\n\r\n")
         try:
             async with asyncio.timeout(timeout_s):
-                request = "".join(lines).encode("latin-1")
-                response = await self._exchange(target, request, timeout_s, timeout_s)
+                response = await self._exchange(target, target.probe, timeout_s, timeout_s)
                 await response.read()
-        except (RouterError, TimeoutError, UnicodeEncodeError):
+        except (RouterError, TimeoutError):
             return False
         return 200 <= response.status < 300
 
@@ -169,7 +179,7 @@ class H1BackendClient:
         if target.invalid or not _FORBIDDEN.isdisjoint(checked):
             raise UpstreamError("A header for the backend holds a line break; not sent.")
         head = (
-            f"POST {target.endpoint.base_path}/{path} HTTP/1.1\r\n".encode("latin-1")
+            target.request_line(path)
             + target.fixed
             + f"{extra}content-length: {len(body)}\r\n\r\n".encode("latin-1", "replace")
         )
