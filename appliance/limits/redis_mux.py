@@ -1,37 +1,132 @@
-"""One Redis connection shared by every caller: commands are written as they come and the
-replies matched to their callers in order (RESP answers in the order it was asked).
+"""One Redis connection shared by every caller: commands are written as they come, batched
+per turn of the event loop, and the replies matched to their callers in order (Redis
+answers in the order it was asked).
 
-For a standalone Redis this replaces a pooled connection per batch: no checkout, no
-pipeline object and no wait for a batch's round trip before the next batch is written, so
-an admission costs one write and one read of a connection that is always open. The
-connection is redis-py's own (its handshake: AUTH, SELECT, TLS, unix sockets); only the
-dispatch is ours. Deadlines are the caller's: one that gives up `reset()`s the connection,
-so a reply that comes late is never read as someone else's.
+For a standalone Redis this replaces a pooled connection per batch. An admission costs a
+share of one write and one read of a connection that is always open: no checkout, no
+pipeline object, no task and no timeout context per call. redis-py opens the connection
+and does its handshake (AUTH, SELECT, HELLO, TLS, unix sockets); then this module's
+protocol takes the transport over and parses the replies itself (resp.py), as they arrive.
+
+Each call carries a deadline. One timer watches the earliest: when a call's deadline
+passes unanswered the connection is closed and everyone waiting on it fails, so a reply
+that comes late is never read as someone else's; the next call opens a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+
+from appliance.limits.resp import Replies, RespError
 
 Command = tuple[Any, ...]
+_Waiter = tuple["asyncio.Future[Any]", float]  # a caller's reply and its deadline
 
 
-class _Link:
-    """One open connection and the callers waiting on it, oldest first."""
+class _Link(asyncio.Protocol):
+    """One open connection: the callers waiting on it, oldest first, and what is still to
+    be written this turn of the loop."""
 
-    __slots__ = ("conn", "reader", "waiting")
+    def __init__(self, on_drop: Callable[[_Link], None]) -> None:
+        self.waiting: deque[_Waiter] = deque()
+        self.replies = Replies()
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_drop = on_drop
+        self._transport: asyncio.Transport | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.closed = False
 
-    def __init__(self, conn: AbstractConnection) -> None:
-        self.conn = conn
-        self.waiting: deque[asyncio.Future[Any]] = deque()
-        self.reader: asyncio.Task[None] | None = None
+    def adopt(self, writer: asyncio.StreamWriter) -> None:
+        """Read and write through `writer`'s transport from now on. The writer is kept: when
+        collected while its transport is open, it closes that transport."""
+        transport = cast(asyncio.Transport, writer.transport)  # uvloop's is not a subclass
+        transport.set_protocol(self)
+        self._transport = transport
+        self._writer = writer
+
+    def send(self, packed: bytes, count: int, deadline: float) -> list[asyncio.Future[Any]]:
+        """Write `count` packed commands: now on an idle connection, else with the rest of
+        this turn's (one write for them all). Their replies' futures."""
+        futures = [self._loop.create_future() for _ in range(count)]
+        if self.waiting or self._out:
+            if not self._out:
+                self._loop.call_soon(self._write)
+            self._out.append(packed)
+        elif self._transport is not None:
+            self._transport.write(packed)
+        self.waiting.extend((future, deadline) for future in futures)
+        if self._timer is None or deadline < self._timer.when():
+            self._arm(deadline)
+        return futures
+
+    def _write(self) -> None:
+        out, self._out = self._out, []
+        if not self.closed and self._transport is not None:
+            self._transport.write(b"".join(out))
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.waiting:
+            return
+        now = self._loop.time()
+        earliest = min(deadline for _, deadline in self.waiting)
+        if earliest <= now:
+            for future, deadline in self.waiting:
+                if deadline <= now and not future.done():
+                    future.set_exception(TimeoutError("no reply from Redis by the deadline"))
+            self.drop(RedisConnectionError("closed: a call on this connection timed out"))
+        else:
+            self._arm(earliest)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self.replies.feed(data)
+        except RespError as exc:
+            self.drop(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
+            return
+        waiting = self.waiting
+        for reply in replies:
+            if not waiting:
+                self.drop(RedisConnectionError("a reply from Redis that nobody asked for"))
+                return
+            future = waiting.popleft()[0]
+            if not future.done():  # else the caller gave up (cancelled)
+                future.set_result(reply)
+
+    def eof_received(self) -> bool:
+        return False  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.drop(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}"))
+
+    def drop(self, exc: BaseException) -> None:
+        """Close the connection and fail everyone waiting on it with `exc`."""
+        if self.closed:
+            return
+        self.closed = True
+        self._on_drop(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.abort()  # no linger: nothing more is owed either way
+        while self.waiting:
+            future = self.waiting.popleft()[0]
+            if not future.done():
+                future.set_exception(exc)
 
 
 class Multiplexed:
@@ -40,20 +135,13 @@ class Multiplexed:
         self._link: _Link | None = None
         self._opening: asyncio.Lock | None = None
 
-    async def execute(self, commands: list[Command]) -> list[Any]:
+    async def execute(self, commands: list[Command], deadline: float | None = None) -> list[Any]:
         """The replies to `commands`, in order; an error reply as its exception object.
 
-        Raises a ConnectionError when the connection fails (every caller waiting on it
-        gets one); it is opened again on the next call."""
-        link = self._link or await self._open()
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        link.waiting.extend(futures)
-        try:
-            await link.conn.send_packed_command(pack(commands), False)
-        except Exception as exc:
-            self._drop(link, exc)
-            raise
+        `deadline` (event loop time; None: no deadline) bounds opening the connection and
+        every reply: past it, TimeoutError. A failed connection raises
+        RedisConnectionError for every caller waiting on it; the next call opens another."""
+        futures = await self.submit(commands, deadline)
         try:
             return [await future for future in futures]
         except BaseException:
@@ -62,67 +150,54 @@ class Multiplexed:
                     future.exception()
             raise
 
-    def reset(self) -> None:
-        """Close the connection, failing whoever waits on it (a caller gave up on a reply)."""
-        if self._link is not None:
-            self._drop(self._link, RedisConnectionError("a call on this connection timed out"))
+    async def submit(
+        self, commands: list[Command], deadline: float | None = None
+    ) -> list[asyncio.Future[Any]]:
+        """Queue `commands` on the connection (opened first if need be): their replies'
+        futures, which fail as `execute` raises."""
+        link = self._link
+        if link is None:
+            link = await self._open(deadline)
+        when = float("inf") if deadline is None else deadline
+        return link.send(pack(commands), len(commands), when)
 
     async def aclose(self) -> None:
         link, self._link = self._link, None
         if link is not None:
-            self._fail(link, RedisConnectionError("closed"))
-            if link.reader is not None:
-                link.reader.cancel()
-            await link.conn.disconnect()
+            link.drop(RedisConnectionError("closed"))
 
-    async def _open(self) -> _Link:
+    async def _open(self, deadline: float | None) -> _Link:
         if self._opening is None:
             self._opening = asyncio.Lock()
-        async with self._opening:  # callers arriving meanwhile share the one connection
-            if self._link is not None:
-                return self._link
-            conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-            await conn.connect()  # type: ignore[no-untyped-call]
-            # Replies are awaited for as long as the callers' deadlines say, not the socket's.
-            conn.socket_timeout = None
-            link = _Link(conn)
-            link.reader = asyncio.create_task(self._read(link), name="redis-mux-reader")
-            self._link = link
-            return link
-
-    async def _read(self, link: _Link) -> None:
-        conn = link.conn
-        waiting = link.waiting
-        try:
-            while True:
+        async with asyncio.timeout_at(deadline):
+            async with self._opening:  # callers arriving meanwhile share the one connection
+                if self._link is not None:
+                    return self._link
+                conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+                await conn.connect()  # type: ignore[no-untyped-call]
                 try:
-                    reply: Any = await conn.read_response(timeout=math.inf)
-                except ResponseError as error:
-                    reply = error
-                future = waiting.popleft()
-                if not future.done():
-                    future.set_result(reply)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._drop(link, exc)
+                    writer = _take_writer(conn)
+                except BaseException:
+                    await conn.disconnect(nowait=True)
+                    raise
+                link = _Link(self._forget)
+                link.adopt(writer)
+                self._link = link
+                return link
 
-    def _drop(self, link: _Link, exc: BaseException) -> None:
+    def _forget(self, link: _Link) -> None:
         if self._link is link:
             self._link = None
-        self._fail(link, exc)
-        if link.reader is not None and link.reader is not asyncio.current_task():
-            link.reader.cancel()
-        task = asyncio.ensure_future(link.conn.disconnect(nowait=True))
-        task.add_done_callback(_ignore)
 
-    @staticmethod
-    def _fail(link: _Link, exc: BaseException) -> None:
-        error = exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(str(exc))
-        while link.waiting:
-            future = link.waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
+
+def _take_writer(conn: AbstractConnection) -> asyncio.StreamWriter:
+    """redis-py's stream writer, once its handshake is done; the connection object is left
+    without its streams, so it no longer owns (or closes) the socket."""
+    writer = getattr(conn, "_writer", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        raise RedisConnectionError("this redis-py version does not expose its connection")
+    conn._writer = conn._reader = None
+    return writer
 
 
 def pack(commands: list[Command]) -> bytes:
@@ -142,8 +217,3 @@ def pack(commands: list[Command]) -> bytes:
                 raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
             out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
-
-
-def _ignore(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -117,12 +117,19 @@ class RedisAdmissionStore:
 
     async def open(self) -> None:
         """Load the script now, so the first request does not pay for it (optional)."""
-        await self._bounded("script load", self._load())
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        await self._bounded("script load", self._load(deadline))
 
     async def admit(self, request: AdmitRequest) -> Verdict:
         bucket.require_distinct([*request.buckets, *request.shadow])
+        call = self._admit_call(request)
         try:
-            reply = await self._admissions.call(self._admit_call(request))
+            if self._mux is not None:  # the shared connection batches writes itself
+                reply = (await self._call("admit", [call]))[0]
+                if isinstance(reply, RedisError):
+                    raise reply
+            else:
+                reply = await self._admissions.call(call)
         except RedisError as exc:  # this call's own error reply (the batch's is one already)
             message = f"redis admit failed for org {request.org}: {describe(exc)}"
             raise LimiterBackendError(message, org=request.org) from exc
@@ -137,7 +144,7 @@ class RedisAdmissionStore:
         calls += [self._settle_call(groups[org]) for org in orgs]
         if not calls:
             return {}
-        replies = await self._bounded("settle", self._pipeline(calls))
+        replies = await self._call("settle", calls)
         self._folded.update(fresh)  # one answered attempt each: an error is logged, not retried
         for reply in replies[:folds]:
             if isinstance(reply, RedisError):
@@ -168,7 +175,7 @@ class RedisAdmissionStore:
         ]
         if not calls:
             return 0
-        replies = await self._bounded("renew", self._pipeline(calls))
+        replies = await self._call("renew", calls)
         for reply in replies:
             if isinstance(reply, RedisError):
                 raise LimiterBackendError(f"redis renew failed: {describe(reply)}")
@@ -259,17 +266,31 @@ class RedisAdmissionStore:
         return group.keys, ["settle", " ".join(fields)]
 
     async def _send_admissions(self, calls: list[Call]) -> list[Any]:
-        return await self._bounded("admit", self._pipeline(calls))
+        return await self._call("admit", calls)
 
-    async def _pipeline(self, calls: list[Call]) -> list[Any]:
-        """One round trip for many EVALSHAs; replies in order, errors as exception objects."""
+    async def _call(self, op: str, calls: list[Call]) -> list[Any]:
+        """One round trip for many EVALSHAs, within `timeout_s`; replies in order, errors
+        as exception objects. The deadline covers connecting, the NOSCRIPT retry and the
+        client's own retries; a cancelled or late command never leaves its reply to be
+        read as another's (redis-py drops that connection; so does the shared one)."""
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        try:
+            if self._mux is not None:  # it keeps the deadline itself: no timeout context
+                return await self._pipeline(calls, deadline)
+            async with asyncio.timeout_at(deadline):
+                return await self._pipeline(calls, deadline)
+        except (RedisError, OSError) as exc:  # OSError includes TimeoutError
+            raise LimiterBackendError(f"redis {op} failed: {describe(exc)}") from exc
+
+    async def _pipeline(self, calls: list[Call], deadline: float) -> list[Any]:
         if not self._loaded:
-            await self._load()
-        replies = await self._send(calls)
+            await self._load(deadline)
+        replies = await self._send(calls, deadline)
         retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if retry:  # a NOSCRIPT call did nothing: load the script and send those again
-            await self._load()
-            for i, reply in zip(retry, await self._send([calls[i] for i in retry]), strict=True):
+            await self._load(deadline)
+            again = await self._send([calls[i] for i in retry], deadline)
+            for i, reply in zip(retry, again, strict=True):
                 replies[i] = reply
         return replies
 
@@ -278,28 +299,29 @@ class RedisAdmissionStore:
         if self._mux is not None:
             await self._mux.aclose()
 
-    async def _send(self, calls: list[Call]) -> list[Any]:
+    async def _send(self, calls: list[Call], deadline: float) -> list[Any]:
         commands = [("EVALSHA", BUCKET_SHA, len(keys), *keys, *args) for keys, args in calls]
         if self._mux is not None:
-            return await self._mux.execute(commands)
+            return await self._mux.execute(commands, deadline)
         async with self._client.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
 
-    async def _load(self) -> None:
-        await self._client.script_load(BUCKET_LUA)
+    async def _load(self, deadline: float) -> None:
+        if self._mux is not None:
+            (reply,) = await self._mux.execute([("SCRIPT", "LOAD", BUCKET_LUA)], deadline)
+            if isinstance(reply, RedisError):
+                raise reply
+        else:
+            await self._client.script_load(BUCKET_LUA)
         self._loaded = True
 
     async def _bounded(self, op: str, call: Awaitable[_T]) -> _T:
-        # The deadline covers connecting, the NOSCRIPT retry and the client's own retries.
-        # A cancelled command makes redis-py drop that connection, so no reply is misread.
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await call
         except (RedisError, OSError) as exc:  # OSError includes asyncio's TimeoutError
-            if isinstance(exc, TimeoutError) and self._mux is not None:
-                self._mux.reset()  # a reply still owed on it would answer the next caller
             raise LimiterBackendError(f"redis {op} failed: {describe(exc)}") from exc
 
 

@@ -59,17 +59,20 @@ class Store:
     org: str  # unique per test: Redis is shared by the session
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-shared"])
 async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """redis-shared: the store's calls on one shared connection (a standalone Redis's)."""
     org = f"org-{uuid.uuid4().hex[:8]}"
     if request.param == "memory":
         yield Store(MemoryAdmissionStore(spend=BudgetGate(DictSpend(), lambda: 0.0, 0.0)), org)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     client = aioredis.Redis.from_url(server.url)
+    store = RedisAdmissionStore(client, timeout_s=5.0, multiplex=request.param == "redis-shared")
     try:
-        yield Store(RedisAdmissionStore(client, timeout_s=5.0), org)
+        yield Store(store, org)
     finally:
+        await store.aclose()
         await client.aclose()
 
 

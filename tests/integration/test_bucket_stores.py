@@ -7,6 +7,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -82,20 +83,46 @@ async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-def redis_buckets(client: aioredis.Redis, prefix: str, timeout_s: float = 2.0) -> Buckets:
+RedisBuckets = Callable[..., Buckets]
+
+
+@pytest.fixture(params=["pooled", "shared"])
+def multiplex(request: pytest.FixtureRequest) -> bool:
+    """The store's calls on pooled connections, or on one shared connection (redis_mux:
+    what a standalone Redis gets)."""
+    return bool(request.param == "shared")
+
+
+@pytest.fixture
+async def redis_buckets(multiplex: bool) -> AsyncIterator[RedisBuckets]:
+    """Makes Buckets on a Redis store (closed at teardown)."""
+    made: list[RedisAdmissionStore] = []
+
     # Generous deadline by default: most tests are about semantics; fault tests bound time.
-    return Buckets(RedisAdmissionStore(client, prefix=prefix, timeout_s=timeout_s))
+    def make(client: aioredis.Redis, prefix: str, timeout_s: float = 2.0) -> Buckets:
+        made.append(
+            RedisAdmissionStore(client, prefix=prefix, timeout_s=timeout_s, multiplex=multiplex)
+        )
+        return Buckets(made[-1])
+
+    yield make
+    for shared in made:
+        await shared.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-shared"])
 async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Buckets]:
     if request.param == "memory":
         yield Buckets(MemoryAdmissionStore())
         return
     client = make_client(request.getfixturevalue("redis_server"))
+    shared = RedisAdmissionStore(
+        client, prefix=prefix, timeout_s=2.0, multiplex=request.param == "redis-shared"
+    )
     try:
-        yield redis_buckets(client, prefix)
+        yield Buckets(shared)
     finally:
+        await shared.aclose()
         await client.aclose()
 
 
@@ -189,7 +216,9 @@ async def test_a_take_names_each_bucket_once(store: Buckets) -> None:
         await store.take([spec("a"), spec("a")])
 
 
-async def test_stores_agree_on_a_mixed_sequence(client: aioredis.Redis, prefix: str) -> None:
+async def test_stores_agree_on_a_mixed_sequence(
+    client: aioredis.Redis, prefix: str, redis_buckets: RedisBuckets
+) -> None:
     """The in-process and Redis stores reach the same decisions and readings."""
     memory, shared = Buckets(MemoryAdmissionStore()), redis_buckets(client, prefix)
     for step in range(40):
@@ -236,7 +265,7 @@ async def test_memory_store_uses_its_clock_only() -> None:
 
 # -- Redis store ----------------------------------------------------------------------------
 async def test_redis_state_is_an_org_tagged_hash_of_floats(
-    client: aioredis.Redis, prefix: str
+    client: aioredis.Redis, prefix: str, redis_buckets: RedisBuckets
 ) -> None:
     """Each bucket is one hash under prefix + rl:{org}: + key (the org is the Redis Cluster
     hash tag), tokens and Redis time stored as float text."""
@@ -248,7 +277,9 @@ async def test_redis_state_is_an_org_tagged_hash_of_floats(
     assert state.updated_at == pytest.approx(time.time(), abs=5)  # valkey runs on this host
 
 
-async def test_redis_idle_keys_expire_once_refilled(client: aioredis.Redis, prefix: str) -> None:
+async def test_redis_idle_keys_expire_once_refilled(
+    client: aioredis.Redis, prefix: str, redis_buckets: RedisBuckets
+) -> None:
     """PEXPIRE is time-to-full + 1 s, so a key lives while it refills and vanishes after."""
     store = redis_buckets(client, prefix)
     key = f"{prefix}rl:{{acme}}:a"
@@ -266,12 +297,12 @@ async def test_redis_idle_keys_expire_once_refilled(client: aioredis.Redis, pref
 
 
 async def test_redis_script_is_loaded_once_and_reloaded_after_flush(
-    client: aioredis.Redis, prefix: str
+    client: aioredis.Redis, prefix: str, redis_buckets: RedisBuckets
 ) -> None:
     """open() loads the script; after SCRIPT FLUSH (as after a restart) admit and settle
     reload it."""
-    shared = RedisAdmissionStore(client, prefix=prefix, timeout_s=2.0)
-    store = Buckets(shared)
+    store = redis_buckets(client, prefix)
+    shared = cast(RedisAdmissionStore, store.store)
     await client.script_flush()
     await shared.open()
     assert await client.script_exists(BUCKET_SHA) == [True]
@@ -284,7 +315,9 @@ async def test_redis_script_is_loaded_once_and_reloaded_after_flush(
     assert not (await store.take([spec("a")])).admitted  # 10 - 1 - 1 - 9 < 1
 
 
-async def test_redis_string_replies_parse_too(redis_server: RedisServer, prefix: str) -> None:
+async def test_redis_string_replies_parse_too(
+    redis_server: RedisServer, prefix: str, redis_buckets: RedisBuckets
+) -> None:
     """A client with decode_responses=True gets the same readings."""
     client = make_client(redis_server, decode_responses=True)
     try:
@@ -295,7 +328,9 @@ async def test_redis_string_replies_parse_too(redis_server: RedisServer, prefix:
     assert result.readings[0].remaining == pytest.approx(9, abs=1e-3)
 
 
-async def test_redis_error_reply_is_a_backend_error(client: aioredis.Redis, prefix: str) -> None:
+async def test_redis_error_reply_is_a_backend_error(
+    client: aioredis.Redis, prefix: str, redis_buckets: RedisBuckets
+) -> None:
     """An error from Redis itself (here a key of the wrong type) becomes LimiterBackendError,
     for that call only: another request in the same pipeline is served."""
     await client.set(f"{prefix}rl:{{acme}}:a", "not a hash")
@@ -317,7 +352,7 @@ async def assert_fails_fast(call: Callable[[], Awaitable[object]]) -> None:
 
 
 async def test_redis_stopped_fails_fast_then_recovers(
-    redis_server: RedisServer, client: aioredis.Redis, prefix: str
+    redis_server: RedisServer, client: aioredis.Redis, prefix: str, redis_buckets: RedisBuckets
 ) -> None:
     """With Redis down every call raises LimiterBackendError in < 0.5 s; the same store works
     again once Redis is back (restarted empty, so without its script)."""
@@ -333,11 +368,11 @@ async def test_redis_stopped_fails_fast_then_recovers(
 
 
 async def test_redis_paused_fails_fast_then_recovers(
-    redis_server: RedisServer, client: aioredis.Redis, prefix: str
+    redis_server: RedisServer, client: aioredis.Redis, prefix: str, redis_buckets: RedisBuckets
 ) -> None:
     """A frozen Redis (connections open, no answers) costs at most the timeout per call."""
-    shared = RedisAdmissionStore(client, prefix=prefix, timeout_s=0.1)
-    store = Buckets(shared)
+    store = redis_buckets(client, prefix, timeout_s=0.1)
+    shared = cast(RedisAdmissionStore, store.store)
     await shared.open()
     redis_server.pause()
     await assert_fails_fast(lambda: store.take([spec("a")]))
@@ -349,7 +384,7 @@ async def test_redis_paused_fails_fast_then_recovers(
 
 
 async def test_redis_replicas_share_one_bucket_exactly(
-    redis_server: RedisServer, prefix: str
+    redis_server: RedisServer, prefix: str, redis_buckets: RedisBuckets
 ) -> None:
     """Three stores on separate clients hammering one key admit exactly its capacity."""
     clients = [make_client(redis_server, max_connections=20) for _ in range(3)]
@@ -364,7 +399,10 @@ async def test_redis_replicas_share_one_bucket_exactly(
 
 
 async def test_redis_decisions_ignore_the_router_clock(
-    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, prefix: str
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer,
+    prefix: str,
+    redis_buckets: RedisBuckets,
 ) -> None:
     """The store has no clock: a replica whose wall clock is an hour ahead sees the same bucket."""
     assert "clock" not in inspect.signature(RedisAdmissionStore).parameters

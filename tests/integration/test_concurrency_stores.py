@@ -57,26 +57,49 @@ async def clients(redis_server: RedisServer) -> AsyncIterator[list[aioredis.Redi
         await client.aclose()
 
 
+@pytest.fixture(params=["pooled", "shared"])
+def multiplex(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param == "shared")
+
+
 @pytest.fixture
-def redis_store(
-    redis_server: RedisServer, clients: list[aioredis.Redis], prefix: str
-) -> Callable[..., RedisAdmissionStore]:
-    """A new replica: its own client and store over the test's key prefix."""
+async def redis_store(
+    redis_server: RedisServer,
+    clients: list[aioredis.Redis],
+    prefix: str,
+) -> AsyncIterator[Callable[..., RedisAdmissionStore]]:
+    """A new replica: its own client and store over the test's key prefix, its calls on
+    pooled connections or on one shared connection (redis_mux: a standalone Redis's)."""
+    made: list[RedisAdmissionStore] = []
 
-    def make(lease_s: float = 60.0, timeout_s: float = 5.0) -> RedisAdmissionStore:
+    def make(
+        lease_s: float = 60.0, timeout_s: float = 5.0, multiplex: bool = False
+    ) -> RedisAdmissionStore:
         clients.append(aioredis.Redis.from_url(redis_server.url))
-        return RedisAdmissionStore(clients[-1], prefix=prefix, lease_s=lease_s, timeout_s=timeout_s)
+        made.append(
+            RedisAdmissionStore(
+                clients[-1],
+                prefix=prefix,
+                lease_s=lease_s,
+                timeout_s=timeout_s,
+                multiplex=multiplex,
+            )
+        )
+        return made[-1]
 
-    return make
+    yield make
+    for store in made:
+        await store.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-shared"])
 def replicas(request: pytest.FixtureRequest) -> Replicas:
     if request.param == "memory":
         shared = Slots(MemoryAdmissionStore())
         return lambda n: [shared] * n
     make: Callable[..., RedisAdmissionStore] = request.getfixturevalue("redis_store")
-    return lambda n: [Slots(make()) for _ in range(n)]
+    multiplex = request.param == "redis-shared"
+    return lambda n: [Slots(make(multiplex=multiplex)) for _ in range(n)]
 
 
 async def test_limit_holds_and_release_frees(replicas: Replicas) -> None:
@@ -138,10 +161,13 @@ async def test_a_shadow_slot_is_taken_when_free_and_never_refuses(replicas: Repl
 
 
 async def test_crashed_replicas_slots_come_back_after_the_lease(
-    redis_store: Callable[..., RedisAdmissionStore],
+    redis_store: Callable[..., RedisAdmissionStore], multiplex: bool
 ) -> None:
     """Slots a replica never released (it crashed) are free again once their lease lapses."""
-    crashed, survivor = Slots(redis_store(lease_s=0.3)), Slots(redis_store(lease_s=0.3))
+    crashed, survivor = (
+        Slots(redis_store(lease_s=0.3, multiplex=multiplex)),
+        Slots(redis_store(lease_s=0.3, multiplex=multiplex)),
+    )
     assert await crashed.acquire("k", 2, "a1")
     assert await crashed.acquire("k", 2, "a2")
     assert not await survivor.acquire("k", 2, "b1")
@@ -151,10 +177,13 @@ async def test_crashed_replicas_slots_come_back_after_the_lease(
 
 
 async def test_renew_keeps_a_slot_past_its_first_lease(
-    redis_store: Callable[..., RedisAdmissionStore],
+    redis_store: Callable[..., RedisAdmissionStore], multiplex: bool
 ) -> None:
     """Renewing pushes a live lease forward; a lapsed lease is not revived by renew()."""
-    holder, other = redis_store(lease_s=0.5), Slots(redis_store(lease_s=0.5))
+    holder, other = (
+        redis_store(lease_s=0.5, multiplex=multiplex),
+        Slots(redis_store(lease_s=0.5, multiplex=multiplex)),
+    )
     key = holder.slot_key(ORG, "k")
     assert await Slots(holder).acquire("k", 1, "stream")
     for _ in range(6):  # 0.9 s in all, well past the first 0.5 s lease
@@ -168,10 +197,10 @@ async def test_renew_keeps_a_slot_past_its_first_lease(
 
 
 async def test_renew_covers_many_orgs_in_one_round_trip(
-    redis_store: Callable[..., RedisAdmissionStore],
+    redis_store: Callable[..., RedisAdmissionStore], multiplex: bool
 ) -> None:
     """Leases of several orgs are renewed together (one script per org, one pipeline)."""
-    store = redis_store(lease_s=0.5)
+    store = redis_store(lease_s=0.5, multiplex=multiplex)
     for org in ("a", "b", "c"):
         verdict = await store.admit(AdmitRequest(org, "r", slots=(SlotSpec("k", 1),)))
         assert not verdict.refused
@@ -180,11 +209,11 @@ async def test_renew_covers_many_orgs_in_one_round_trip(
 
 
 async def test_lease_keeper_renews_held_slots_until_stopped(
-    redis_store: Callable[..., RedisAdmissionStore],
+    redis_store: Callable[..., RedisAdmissionStore], multiplex: bool
 ) -> None:
     """A running LeaseKeeper keeps this replica's slots; once stopped, they lapse."""
-    store = redis_store(lease_s=0.6)
-    holder, other = Slots(store), Slots(redis_store(lease_s=0.6))
+    store = redis_store(lease_s=0.6, multiplex=multiplex)
+    holder, other = Slots(store), Slots(redis_store(lease_s=0.6, multiplex=multiplex))
     keeper = LeaseKeeper(store)  # renews every 0.2 s
     assert await holder.acquire("k", 2, "s1")
     assert await holder.acquire("k", 2, "s2")
@@ -202,11 +231,11 @@ async def test_lease_keeper_renews_held_slots_until_stopped(
 
 
 async def test_idle_keys_expire(
-    redis_store: Callable[..., RedisAdmissionStore], clients: list[aioredis.Redis]
+    redis_store: Callable[..., RedisAdmissionStore], clients: list[aioredis.Redis], multiplex: bool
 ) -> None:
     """A slot's ZSET (org-tagged) carries a TTL no shorter than its lease and vanishes once
     it lapses."""
-    store = redis_store(lease_s=0.3)
+    store = redis_store(lease_s=0.3, multiplex=multiplex)
     await Slots(store).acquire("k", 3, "r1")
     client = clients[-1]
     key = store.slot_key(ORG, "k")
@@ -218,10 +247,10 @@ async def test_idle_keys_expire(
 
 
 async def test_failed_acquire_is_not_tracked(
-    redis_store: Callable[..., RedisAdmissionStore],
+    redis_store: Callable[..., RedisAdmissionStore], multiplex: bool
 ) -> None:
     """Only slots actually taken are remembered for renewal."""
-    store = redis_store()
+    store = redis_store(multiplex=multiplex)
     slots = Slots(store)
     assert await slots.acquire("k", 1, "r1")
     assert not await slots.acquire("k", 1, "r2")
@@ -231,11 +260,11 @@ async def test_failed_acquire_is_not_tracked(
 
 
 async def test_redis_outage_fails_fast_and_recovers(
-    redis_server: RedisServer, redis_store: Callable[..., RedisAdmissionStore]
+    redis_server: RedisServer, redis_store: Callable[..., RedisAdmissionStore], multiplex: bool
 ) -> None:
     """With valkey stopped every call raises LimiterBackendError within 0.5 s; after a
     restart (scripts gone: NOSCRIPT) acquire works again."""
-    store = redis_store(timeout_s=0.2)
+    store = redis_store(timeout_s=0.2, multiplex=multiplex)
     slots = Slots(store)
     assert await slots.acquire("k", 1, "r1")
     redis_server.stop()
@@ -264,10 +293,10 @@ async def test_redis_outage_fails_fast_and_recovers(
 
 
 async def test_frozen_redis_times_out(
-    redis_server: RedisServer, redis_store: Callable[..., RedisAdmissionStore]
+    redis_server: RedisServer, redis_store: Callable[..., RedisAdmissionStore], multiplex: bool
 ) -> None:
     """A valkey that stops answering fails acquire at the timeout instead of hanging."""
-    store = redis_store(timeout_s=0.2)
+    store = redis_store(timeout_s=0.2, multiplex=multiplex)
     await store.ping()
     redis_server.pause()
     try:
