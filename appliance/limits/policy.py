@@ -166,14 +166,20 @@ def rate_headers(limits: tuple[Limit, ...], readings: tuple[BucketReading, ...])
         if best is None or fill < best[0]:  # the first of equals, like min()
             tightest[lim.name] = (fill, lim, r)
     headers: dict[str, str] = {}
-    for name, suffix in (("rpm", "requests"), ("tpm", "tokens")):
+    for name, (limit_header, remaining_header, reset_header) in _RATE_HEADERS:
         if name not in tightest:
             continue
         _, limit, reading = tightest[name]
-        headers[f"x-ratelimit-limit-{suffix}"] = str(limit.value)
-        headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, math.floor(reading.remaining)))
-        headers[f"x-ratelimit-reset-{suffix}"] = format_duration(reading.reset_s)
+        headers[limit_header] = str(limit.value)
+        headers[remaining_header] = str(max(0, math.floor(reading.remaining)))
+        headers[reset_header] = format_duration(reading.reset_s)
     return headers
+
+
+_RATE_HEADERS = tuple(
+    (name, tuple(f"x-ratelimit-{part}-{suffix}" for part in ("limit", "remaining", "reset")))
+    for name, suffix in (("rpm", "requests"), ("tpm", "tokens"))
+)
 
 
 def format_duration(seconds: float) -> str:

@@ -161,6 +161,13 @@ class Multiplexed:
         when = float("inf") if deadline is None else deadline
         return link.send(pack(commands), len(commands), when)
 
+    def send_now(self, command: Command, deadline: float) -> asyncio.Future[Any] | None:
+        """`command`'s reply, or None when the connection is not open (then `execute`)."""
+        link = self._link
+        if link is None:
+            return None
+        return link.send(pack([command]), 1, deadline)[0]
+
     async def aclose(self) -> None:
         link, self._link = self._link, None
         if link is not None:

@@ -49,6 +49,7 @@ _log = get_logger("routerctl.limits")
 _NO_READINGS = Admission(admitted=False, readings=())
 _ADMIT_CODES = {0: "", 1: BUDGET, 2: RATE, 3: CONCURRENCY}
 _ONE = ("1", b"1")
+_SHAPES_KEPT = 4096
 RETENTION_AFTER_PERIOD_S = 40 * 86_400  # a month's spend is kept this long after it ends
 
 
@@ -83,6 +84,8 @@ class RedisAdmissionStore:
         self._client = client
         self._prefix = prefix
         self._lease_ms = max(1, round(lease_s * 1000))
+        self._lease_text = str(self._lease_ms)
+        self._shapes: dict[tuple[float, float], str] = {}
         self._timeout_s = timeout_s
         self._loaded = False
         self._held: set[tuple[str, str]] = set()  # (slot set key, holder), renewed until released
@@ -125,7 +128,7 @@ class RedisAdmissionStore:
         call = self._admit_call(request)
         try:
             if self._mux is not None:  # the shared connection batches writes itself
-                reply = (await self._call("admit", [call]))[0]
+                reply = await self._admit_shared(call)
                 if isinstance(reply, RedisError):
                     raise reply
             else:
@@ -187,7 +190,9 @@ class RedisAdmissionStore:
 
     def _admit_call(self, request: AdmitRequest) -> Call:
         org = request.org
-        keys = [self.bucket_key(org, s.key) for s in (*request.buckets, *request.shadow)]
+        specs = (*request.buckets, *request.shadow)
+        rl = f"{self._prefix}rl:{{{org}}}:"
+        keys = [rl + s.key for s in specs]
         keys += [self.slot_key(org, s.key) for s in request.slots]
         budget = -1.0
         if request.budget is not None:
@@ -196,17 +201,29 @@ class RedisAdmissionStore:
                 budget = request.budget.limit_usd
         fields = [
             request.holder,
-            str(self._lease_ms),
+            self._lease_text,
             str(len(request.buckets)),
             str(len(request.shadow)),
             str(len(request.slots)),
             repr(budget),
         ]
-        for spec in (*request.buckets, *request.shadow):
-            fields += (repr(spec.capacity), repr(spec.refill_per_s), repr(spec.cost))
+        shapes = self._shapes
+        for spec in specs:
+            shape = shapes.get((spec.capacity, spec.refill_per_s))
+            if shape is None:
+                shape = self._shape(spec.capacity, spec.refill_per_s)
+            fields += (shape, repr(spec.cost))
         for slot in request.slots:
             fields += (str(slot.limit), "1" if slot.enforced else "0")
         return keys, ["admit", " ".join(fields)]
+
+    def _shape(self, capacity: float, refill_per_s: float) -> str:
+        """A bucket's capacity and refill as the script reads them; remembered, as limits
+        are few (the memory is bounded all the same)."""
+        if len(self._shapes) >= _SHAPES_KEPT:
+            self._shapes.clear()
+        text = self._shapes[capacity, refill_per_s] = f"{capacity!r} {refill_per_s!r}"
+        return text
 
     def _verdict(self, request: AdmitRequest, reply: bytes | str) -> Verdict:
         fields = reply.split()
@@ -268,12 +285,27 @@ class RedisAdmissionStore:
     async def _send_admissions(self, calls: list[Call]) -> list[Any]:
         return await self._call("admit", calls)
 
-    async def _call(self, op: str, calls: list[Call]) -> list[Any]:
+    async def _admit_shared(self, call: Call) -> Any:
+        """On the shared connection, in one hop when the script is loaded and the
+        connection open (nearly always); else, or after NOSCRIPT, through `_call`."""
+        assert self._mux is not None
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        if self._loaded and (future := self._mux.send_now(_evalsha(call), deadline)):
+            try:
+                reply = await future
+            except (RedisError, OSError) as exc:
+                raise LimiterBackendError(f"redis admit failed: {describe(exc)}") from exc
+            if not isinstance(reply, NoScriptError):
+                return reply
+        return (await self._call("admit", [call], deadline))[0]
+
+    async def _call(self, op: str, calls: list[Call], deadline: float | None = None) -> list[Any]:
         """One round trip for many EVALSHAs, within `timeout_s`; replies in order, errors
         as exception objects. The deadline covers connecting, the NOSCRIPT retry and the
         client's own retries; a cancelled or late command never leaves its reply to be
         read as another's (redis-py drops that connection; so does the shared one)."""
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
             if self._mux is not None:  # it keeps the deadline itself: no timeout context
                 return await self._pipeline(calls, deadline)
@@ -300,7 +332,7 @@ class RedisAdmissionStore:
             await self._mux.aclose()
 
     async def _send(self, calls: list[Call], deadline: float) -> list[Any]:
-        commands = [("EVALSHA", BUCKET_SHA, len(keys), *keys, *args) for keys, args in calls]
+        commands = [_evalsha(call) for call in calls]
         if self._mux is not None:
             return await self._mux.execute(commands, deadline)
         async with self._client.pipeline(transaction=False) as pipe:
@@ -323,6 +355,11 @@ class RedisAdmissionStore:
                 return await call
         except (RedisError, OSError) as exc:  # OSError includes asyncio's TimeoutError
             raise LimiterBackendError(f"redis {op} failed: {describe(exc)}") from exc
+
+
+def _evalsha(call: Call) -> tuple[Any, ...]:
+    keys, args = call
+    return ("EVALSHA", BUCKET_SHA, len(keys), *keys, *args)
 
 
 def _moving(reply: BaseException) -> bool:

@@ -16,7 +16,7 @@ from appliance.app_limits import LimitParts, build_limits
 from appliance.audit.events import AuditEvent
 from appliance.limits.limiter import Permit
 from appliance.limits.policy import LimitPolicy, build_policy
-from appliance.limits.redis_mux import Multiplexed
+from appliance.limits.redis_mux import _Link
 from appliance.settings import ApiKey, LimitSettings, Org, Settings, StateSettings
 from appliance.telemetry.metrics import Metrics
 from tests.services import RedisServer
@@ -31,7 +31,7 @@ class Audit:
 
 
 class RoundTrips:
-    """Counts what the limiter's Redis client sends: each command, pipeline or write of the
+    """Counts what the limiter's Redis client sends: each command, pipeline or send on the
     shared connection (standalone Redis: redis_mux) is one trip."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, client: aioredis.Redis | Any) -> None:
@@ -47,15 +47,15 @@ class RoundTrips:
             self.count += 1
             return await batch(pipe, *args, **kwargs)
 
-        shared: Any = Multiplexed.execute
+        shared: Any = _Link.send
 
-        async def counted_shared(mux: Multiplexed, *args: Any, **kwargs: Any) -> Any:
+        def counted_shared(link: _Link, *args: Any, **kwargs: Any) -> Any:
             self.count += 1
-            return await shared(mux, *args, **kwargs)
+            return shared(link, *args, **kwargs)
 
         monkeypatch.setattr(client, "execute_command", counted_command)
         monkeypatch.setattr(Pipeline, "execute", counted_pipeline)
-        monkeypatch.setattr(Multiplexed, "execute", counted_shared)
+        monkeypatch.setattr(_Link, "send", counted_shared)
 
 
 async def evalsha_calls(server: RedisServer) -> int:
