@@ -52,23 +52,18 @@ def full_at(state: BucketState, capacity: float, refill_per_s: float) -> float:
 
 def reading(spec: BucketSpec, tokens: float, admitted: bool) -> BucketReading:
     """The reading for one bucket, from its tokens before the (possible) charge."""
+    capacity, refill = spec.capacity, spec.refill_per_s
     remaining = max(0.0, tokens - spec.cost) if admitted else tokens
     # 0 when this bucket admits (even if another one denied the request).
-    retry_after = seconds_until(tokens, min(spec.cost, spec.capacity), spec.refill_per_s)
-    return BucketReading(
-        key=spec.key,
-        capacity=spec.capacity,
-        remaining=remaining,
-        reset_s=seconds_until(remaining, spec.capacity, spec.refill_per_s),
-        retry_after_s=retry_after,
-    )
+    retry_after = seconds_until(tokens, min(spec.cost, capacity), refill)
+    reset = seconds_until(remaining, capacity, refill)
+    return BucketReading(spec.key, capacity, remaining, reset, retry_after)
 
 
 def admission(specs: Sequence[BucketSpec], tokens: Sequence[float], admitted: bool) -> Admission:
     """Readings for every spec, given each bucket's tokens before the charge."""
     return Admission(
-        admitted=admitted,
-        readings=tuple(reading(s, t, admitted) for s, t in zip(specs, tokens, strict=True)),
+        admitted, tuple([reading(s, t, admitted) for s, t in zip(specs, tokens, strict=True)])
     )
 
 

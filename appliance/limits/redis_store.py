@@ -58,7 +58,7 @@ class _OrgBatch:
     """One org's share of a settlement batch: one EVALSHA."""
 
     keys: list[str] = field(default_factory=list)
-    adjusts: list[float] = field(default_factory=list)
+    adjusts: list[str] = field(default_factory=list)  # capacity refill, then delta: as sent
     slots: list[str] = field(default_factory=list)
     holders: list[str] = field(default_factory=list)
     spend: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -249,7 +249,10 @@ class RedisAdmissionStore:
             group = groups[item.org]
             for a in item.adjusts:
                 group.keys.append(self.bucket_key(item.org, a.key))
-                group.adjusts += (a.capacity, a.refill_per_s, a.delta)
+                shape = self._shapes.get((a.capacity, a.refill_per_s))
+                if shape is None:
+                    shape = self._shape(a.capacity, a.refill_per_s)
+                group.adjusts += (shape, repr(a.delta))
             for key in item.releases:
                 slot = self.slot_key(item.org, key)
                 self._held.discard((slot, item.holder))  # not renewed even if ZREM fails
@@ -274,9 +277,9 @@ class RedisAdmissionStore:
 
     @staticmethod
     def _settle_call(group: _OrgBatch) -> Call:
-        counts = (len(group.adjusts) // 3, len(group.slots), len(group.spend))
+        counts = (len(group.adjusts) // 2, len(group.slots), len(group.spend))
         fields = [str(n) for n in counts]
-        fields += (repr(x) for x in group.adjusts)
+        fields += group.adjusts
         fields += group.holders
         for period, usd in group.spend.items():
             fields += (repr(usd), str(end_of_period(period) + RETENTION_AFTER_PERIOD_S))
