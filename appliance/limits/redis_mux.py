@@ -38,7 +38,8 @@ class _Link(asyncio.Protocol):
         self.replies = Replies()
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0  # kept here: uvloop's handle for a time already due has no when()
         self._on_drop = on_drop
         self._transport: asyncio.Transport | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -63,7 +64,7 @@ class _Link(asyncio.Protocol):
         elif self._transport is not None:
             self._transport.write(packed)
         self.waiting.extend((future, deadline) for future in futures)
-        if self._timer is None or deadline < self._timer.when():
+        if self._timer is None or deadline < self._timer_at:
             self._arm(deadline)
         return futures
 
@@ -75,7 +76,10 @@ class _Link(asyncio.Protocol):
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_at(when, self._check)
+        # Never sooner than 1 ms ahead: a check exactly at a deadline may find it a float
+        # step ahead, and must not spin through loop turns until it is due.
+        self._timer_at = max(when, self._loop.time() + 0.001)
+        self._timer = self._loop.call_at(self._timer_at, self._check)
 
     def _check(self) -> None:
         self._timer = None
@@ -145,9 +149,11 @@ class Multiplexed:
         try:
             return [await future for future in futures]
         except BaseException:
-            for future in futures:  # all failed alike: one raised, the rest are read here
-                if future.done() and not future.cancelled():
-                    future.exception()
+            for future in futures:  # all fail alike: one raised, the rest are read here
+                if future.done():
+                    _retrieve(future)
+                else:  # the caller was cancelled: nobody will read it
+                    future.add_done_callback(_retrieve)
             raise
 
     async def submit(
@@ -181,10 +187,10 @@ class Multiplexed:
                 if self._link is not None:
                     return self._link
                 conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-                await conn.connect()  # type: ignore[no-untyped-call]
                 try:
+                    await conn.connect()  # type: ignore[no-untyped-call]
                     writer = _take_writer(conn)
-                except BaseException:
+                except BaseException:  # a deadline mid-handshake included: no socket left open
                     await conn.disconnect(nowait=True)
                     raise
                 link = _Link(self._forget)
@@ -200,11 +206,22 @@ class Multiplexed:
 def _take_writer(conn: AbstractConnection) -> asyncio.StreamWriter:
     """redis-py's stream writer, once its handshake is done; the connection object is left
     without its streams, so it no longer owns (or closes) the socket."""
-    writer = getattr(conn, "_writer", None)
+    writer, reader = getattr(conn, "_writer", None), getattr(conn, "_reader", None)
     if not isinstance(writer, asyncio.StreamWriter):
         raise RedisConnectionError("this redis-py version does not expose its connection")
+    # Closed during the handshake: redis-py's stream saw the end, the new protocol never
+    # would, and its callers would wait out their deadlines.
+    if writer.transport.is_closing() or (
+        isinstance(reader, asyncio.StreamReader) and reader.at_eof()
+    ):
+        raise RedisConnectionError("connection to Redis closed during the handshake")
     conn._writer = conn._reader = None
     return writer
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def pack(commands: list[Command]) -> bytes:

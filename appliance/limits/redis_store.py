@@ -300,6 +300,7 @@ class RedisAdmissionStore:
                 raise LimiterBackendError(f"redis admit failed: {describe(exc)}") from exc
             if not isinstance(reply, NoScriptError):
                 return reply
+            self._loaded = False  # Redis restarted: load the script before sending again
         return (await self._call("admit", [call], deadline))[0]
 
     async def _call(self, op: str, calls: list[Call], deadline: float | None = None) -> list[Any]:

@@ -48,7 +48,9 @@ _INCOMPLETE = _Incomplete()
 
 
 class Replies:
-    """Feed bytes as they arrive; get back every reply they complete, in order."""
+    """Feed bytes as they arrive; get back every reply they complete, in order. RESP3 push
+    messages (invalidations, maintenance notices) are dropped: they answer no command, and
+    counting one as a reply would hand every caller after it the previous one's."""
 
     __slots__ = ("_buf",)
 
@@ -63,8 +65,10 @@ class Replies:
         end = len(buf)
         try:
             while pos < end:
+                push = buf[pos] == 0x3E  # > out-of-band (RESP3): it answers no command
                 reply, pos = _parse(buf, pos)
-                replies.append(reply)
+                if not push:
+                    replies.append(reply)
         except _Incomplete:
             if end - pos > MAX_BUFFERED:
                 raise RespError(f"a reply longer than {MAX_BUFFERED} bytes") from None

@@ -146,6 +146,30 @@ def test_the_connection_works_on_uvloop(redis_server: RedisServer) -> None:
         assert runner.run(main()) == [[f"u{i}".encode()] for i in range(50)]
 
 
+def test_a_deadline_already_due_on_uvloop(redis_server: RedisServer) -> None:
+    """uvloop's handle for a time already due is not a timer: the deadline's bookkeeping
+    must not rely on it (a call right after such a one once raised AttributeError)."""
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        shared = Multiplexed(client.connection_pool)
+        loop = asyncio.get_running_loop()
+        try:
+            assert await shared.execute([("ECHO", "open")]) == [b"open"]
+            due = asyncio.ensure_future(shared.execute([("BLPOP", "mux-due", "0.3")], loop.time()))
+            behind = asyncio.ensure_future(shared.execute([("ECHO", "b")], loop.time() + 2))
+            await asyncio.wait([due, behind], timeout=2)
+            return due.exception(), behind.exception()
+        finally:
+            await shared.aclose()
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        due, behind = runner.run(main())
+    assert isinstance(due, TimeoutError)
+    assert isinstance(behind, RedisConnectionError)
+
+
 def test_commands_are_packed_as_redis_py_packs_them() -> None:
     commands: list[tuple[object, ...]] = [
         ("EVALSHA", "abc", 3, "rl:{o}:k", "x é", "admit", "1 2 3"),

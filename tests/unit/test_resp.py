@@ -57,6 +57,18 @@ def test_replies_cut_anywhere_come_out_whole_and_in_order(size: int) -> None:
     assert out == EXPECTED
 
 
+@pytest.mark.parametrize("size", [1, 5, 64])
+def test_push_messages_answer_no_command(size: int) -> None:
+    """RESP3 pushes (an invalidation here) arrive between replies; they are dropped, or every
+    caller after one would get the previous caller's reply."""
+    wire = b"$1\r\na\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n:2\r\n"
+    replies = Replies()
+    out = []
+    for start in range(0, len(wire), size):
+        out += replies.feed(wire[start : start + size])
+    assert out == [b"a", 2]
+
+
 def test_error_replies_are_returned_as_redis_py_s_exceptions() -> None:
     noscript, other, blob, auth = Replies().feed(
         b"-NOSCRIPT No matching script.\r\n-ERR unknown command 'X'\r\n"
