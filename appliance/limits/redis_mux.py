@@ -33,7 +33,7 @@ class _Link(asyncio.Protocol):
     """One open connection: the callers waiting on it, oldest first, and what is still to
     be written this turn of the loop."""
 
-    def __init__(self, on_drop: Callable[[_Link], None]) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, on_drop: Callable[[_Link], None]) -> None:
         self.waiting: deque[_Waiter] = deque()
         self.replies = Replies()
         self._loop = asyncio.get_running_loop()
@@ -41,17 +41,12 @@ class _Link(asyncio.Protocol):
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0  # kept here: uvloop's handle for a time already due has no when()
         self._on_drop = on_drop
-        self._transport: asyncio.Transport | None = None
-        self._writer: asyncio.StreamWriter | None = None
         self.closed = False
-
-    def adopt(self, writer: asyncio.StreamWriter) -> None:
-        """Read and write through `writer`'s transport from now on. The writer is kept: when
-        collected while its transport is open, it closes that transport."""
-        transport = cast(asyncio.Transport, writer.transport)  # uvloop's is not a subclass
-        transport.set_protocol(self)
-        self._transport = transport
+        # Read and write through `writer`'s transport from now on. The writer is kept: when
+        # collected while its transport is open, it closes that transport.
         self._writer = writer
+        self._transport = cast(asyncio.Transport, writer.transport)  # uvloop's: no subclass
+        self._transport.set_protocol(self)
 
     def send(self, packed: bytes, count: int, deadline: float) -> list[asyncio.Future[Any]]:
         """Write `count` packed commands: now on an idle connection, else with the rest of
@@ -61,7 +56,7 @@ class _Link(asyncio.Protocol):
             if not self._out:
                 self._loop.call_soon(self._write)
             self._out.append(packed)
-        elif self._transport is not None:
+        else:
             self._transport.write(packed)
         self.waiting.extend((future, deadline) for future in futures)
         if self._timer is None or deadline < self._timer_at:
@@ -70,7 +65,7 @@ class _Link(asyncio.Protocol):
 
     def _write(self) -> None:
         out, self._out = self._out, []
-        if not self.closed and self._transport is not None:
+        if not self.closed:
             self._transport.write(b"".join(out))
 
     def _arm(self, when: float) -> None:
@@ -125,8 +120,7 @@ class _Link(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.abort()  # no linger: nothing more is owed either way
+        self._transport.abort()  # no linger: nothing more is owed either way
         while self.waiting:
             future = self.waiting.popleft()[0]
             if not future.done():
@@ -193,8 +187,7 @@ class Multiplexed:
                 except BaseException:  # a deadline mid-handshake included: no socket left open
                     await conn.disconnect(nowait=True)
                     raise
-                link = _Link(self._forget)
-                link.adopt(writer)
+                link = _Link(writer, self._forget)
                 self._link = link
                 return link
 

@@ -105,7 +105,11 @@ class RedisAdmissionStore:
         return self._lease_ms / 1000
 
     def bucket_key(self, org: str, key: str) -> str:
-        return f"{self._prefix}rl:{{{org}}}:{key}"
+        return self._buckets_of(org) + key
+
+    def _buckets_of(self, org: str) -> str:
+        """What every bucket key of `org` starts with."""
+        return f"{self._prefix}rl:{{{org}}}:"
 
     def slot_key(self, org: str, key: str) -> str:
         return f"{self._prefix}cc:{{{org}}}:{key}"
@@ -191,8 +195,8 @@ class RedisAdmissionStore:
     def _admit_call(self, request: AdmitRequest) -> Call:
         org = request.org
         specs = (*request.buckets, *request.shadow)
-        rl = f"{self._prefix}rl:{{{org}}}:"
-        keys = [rl + s.key for s in specs]
+        buckets_of = self._buckets_of(org)
+        keys = [buckets_of + s.key for s in specs]
         keys += [self.slot_key(org, s.key) for s in request.slots]
         budget = -1.0
         if request.budget is not None:
@@ -207,12 +211,8 @@ class RedisAdmissionStore:
             str(len(request.slots)),
             repr(budget),
         ]
-        shapes = self._shapes
         for spec in specs:
-            shape = shapes.get((spec.capacity, spec.refill_per_s))
-            if shape is None:
-                shape = self._shape(spec.capacity, spec.refill_per_s)
-            fields += (shape, repr(spec.cost))
+            fields += (self._shape(spec.capacity, spec.refill_per_s), repr(spec.cost))
         for slot in request.slots:
             fields += (str(slot.limit), "1" if slot.enforced else "0")
         return keys, ["admit", " ".join(fields)]
@@ -220,9 +220,11 @@ class RedisAdmissionStore:
     def _shape(self, capacity: float, refill_per_s: float) -> str:
         """A bucket's capacity and refill as the script reads them; remembered, as limits
         are few (the memory is bounded all the same)."""
-        if len(self._shapes) >= _SHAPES_KEPT:
-            self._shapes.clear()
-        text = self._shapes[capacity, refill_per_s] = f"{capacity!r} {refill_per_s!r}"
+        text = self._shapes.get((capacity, refill_per_s))
+        if text is None:
+            if len(self._shapes) >= _SHAPES_KEPT:
+                self._shapes.clear()
+            text = self._shapes[capacity, refill_per_s] = f"{capacity!r} {refill_per_s!r}"
         return text
 
     def _verdict(self, request: AdmitRequest, reply: bytes | str) -> Verdict:
@@ -249,10 +251,7 @@ class RedisAdmissionStore:
             group = groups[item.org]
             for a in item.adjusts:
                 group.keys.append(self.bucket_key(item.org, a.key))
-                shape = self._shapes.get((a.capacity, a.refill_per_s))
-                if shape is None:
-                    shape = self._shape(a.capacity, a.refill_per_s)
-                group.adjusts += (shape, repr(a.delta))
+                group.adjusts += (self._shape(a.capacity, a.refill_per_s), repr(a.delta))
             for key in item.releases:
                 slot = self.slot_key(item.org, key)
                 self._held.discard((slot, item.holder))  # not renewed even if ZREM fails
