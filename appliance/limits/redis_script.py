@@ -44,9 +44,11 @@ local function seconds_until(tokens, target, refill)
   return (target - tokens) / refill
 end
 
+local now_text = fmt(now)
+
 local function store(key, tokens, capacity, refill)
   tokens = math.max(0, tokens)  -- never below empty: no wait beyond one full refill
-  redis.call('HSET', key, 'tokens', fmt(tokens), 'ts', fmt(now))
+  redis.call('HSET', key, 'tokens', fmt(tokens), 'ts', now_text)
   local to_full = seconds_until(tokens, capacity, refill)
   if to_full == math.huge then
     redis.call('PERSIST', key)
@@ -141,11 +143,25 @@ end
 -- Reply: the new total of each spend key.
 local function settle(f)
   local na, nr, nspend = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
+  -- A bucket adjusted several times is read and written once: in between no time passes,
+  -- so each adjust applies to the last one's result exactly as if it had been stored.
+  local tokens, last, order = {}, {}, {}
   for i = 1, na do
     local a = 1 + 3 * i
-    local capacity, refill = tonumber(f[a]), tonumber(f[a + 1])
-    local tokens = refilled(KEYS[i], capacity, refill) + tonumber(f[a + 2])
-    store(KEYS[i], math.min(capacity, tokens), capacity, refill)
+    local key, capacity, refill = KEYS[i], tonumber(f[a]), tonumber(f[a + 1])
+    local t = tokens[key]
+    if t == nil then
+      t = refilled(key, capacity, refill)
+      order[#order + 1] = key
+    else
+      t = math.min(capacity, t)
+    end
+    tokens[key] = math.max(0, math.min(capacity, t + tonumber(f[a + 2])))
+    last[key] = a
+  end
+  for _, key in ipairs(order) do
+    local a = last[key]
+    store(key, tokens[key], tonumber(f[a]), tonumber(f[a + 1]))
   end
   local a = 4 + 3 * na
   for j = 1, nr do redis.call('ZREM', KEYS[na + j], f[a + j - 1]) end

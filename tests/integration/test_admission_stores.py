@@ -177,6 +177,24 @@ async def test_settle_applies_a_batch_in_order(subject: Store) -> None:
     )
 
 
+async def test_settle_clamps_each_adjust_of_a_bucket_in_turn(subject: Store) -> None:
+    """Several adjusts of one bucket in a batch (with another bucket's between them) apply
+    one after the other, each clamped: a charge below empty stops at 0 before the refund
+    that follows, and a refund above capacity stops there before the next charge."""
+    store, org = subject.store, subject.org
+    await store.admit(AdmitRequest(org, "r1", (bucket("a", cost=0), bucket("b", cost=0))))
+    adjusts = [
+        Settlement(org, "r1", (Adjust("a", 10, SLOW, -30), Adjust("b", 10, SLOW, 50))),
+        Settlement(org, "r2", (Adjust("b", 10, SLOW, -3),)),
+        Settlement(org, "r3", (Adjust("a", 10, SLOW, 4),)),
+    ]
+    await store.settle(adjusts)
+    probe = await store.admit(AdmitRequest(org, "r4", (bucket("a", cost=0), bucket("b", cost=0))))
+    a, b = probe.buckets.readings
+    assert a.remaining == pytest.approx(4, abs=1e-3)  # 10 - 30 -> 0, then + 4 (not 0)
+    assert b.remaining == pytest.approx(7, abs=1e-3)  # 10 + 50 -> 10, then - 3 (not 10)
+
+
 async def test_spend_is_kept_per_org_and_period(subject: Store) -> None:
     """Spend counts per (org, period): neither another org nor another month sees it, and an
     org id holding ':' cannot collide with another's month."""
