@@ -63,6 +63,10 @@ class _Link(asyncio.Protocol):
             self._arm(deadline)
         return futures
 
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
     def _write(self) -> None:
         out, self._out = self._out, []
         if not self.closed:
@@ -160,6 +164,12 @@ class Multiplexed:
             link = await self._open(deadline)
         when = float("inf") if deadline is None else deadline
         return link.send(pack(commands), len(commands), when)
+
+    def idle(self) -> bool | None:
+        """Whether a command sent now is written at once (nothing outstanding on the
+        connection); None when the connection is not open."""
+        link = self._link
+        return None if link is None else not (link.waiting or link.has_output)
 
     def send_now(self, command: Command, deadline: float) -> asyncio.Future[Any] | None:
         """`command`'s reply, or None when the connection is not open (then `execute`)."""

@@ -1,8 +1,10 @@
 """The limit store in Redis (distributed mode), shared by every replica.
 
 An admission is one EVALSHA of the limits script (redis_script.py): the org's spend against
-its budget, every token bucket and every concurrency slot, atomically, all or nothing. A
-batch of settlements is one pipeline holding one EVALSHA per org. Keys, all tagged with the
+its budget, every token bucket and every concurrency slot, atomically, all or nothing. On
+the shared connection, admissions of one org that queue in the same turn of the loop share
+one EVALSHA (redis_admits.py). A batch of settlements is one pipeline holding one EVALSHA
+per org. Keys, all tagged with the
 org so that one call's keys share a Redis Cluster slot:
 
     rl:{org}:org:acme:rpm             token bucket (hash: tokens, ts)
@@ -38,10 +40,11 @@ from appliance.limits.ports import (
     Settlement,
     Verdict,
 )
+from appliance.limits.redis_admits import SharedAdmissions, evalsha
 from appliance.limits.redis_batch import AutoPipeline, Call
 from appliance.limits.redis_client import RedisClient, describe
 from appliance.limits.redis_mux import Multiplexed
-from appliance.limits.redis_script import BUCKET_LUA, BUCKET_SHA
+from appliance.limits.redis_script import BUCKET_LUA
 from appliance.telemetry.logging import get_logger
 
 _T = TypeVar("_T")
@@ -99,6 +102,7 @@ class RedisAdmissionStore:
         self._mux = (
             Multiplexed(client.connection_pool) if isinstance(client, Redis) and multiplex else None
         )
+        self._shared = SharedAdmissions(self._mux) if self._mux is not None else None
 
     @property
     def lease_s(self) -> float:
@@ -132,7 +136,7 @@ class RedisAdmissionStore:
         call = self._admit_call(request)
         try:
             if self._mux is not None:  # the shared connection batches writes itself
-                reply = await self._admit_shared(call)
+                reply = await self._admit_shared(request.org, call)
                 if isinstance(reply, RedisError):
                     raise reply
             else:
@@ -198,18 +202,17 @@ class RedisAdmissionStore:
         buckets_of = self._buckets_of(org)
         keys = [buckets_of + s.key for s in specs]
         keys += [self.slot_key(org, s.key) for s in request.slots]
-        budget = -1.0
+        budget = "none"  # no spend key
         if request.budget is not None:
             keys.append(self.spend_key(org, request.budget.period))
-            if request.budget.enforced:
-                budget = request.budget.limit_usd
+            budget = repr(request.budget.limit_usd if request.budget.enforced else -1.0)
         fields = [
             request.holder,
             self._lease_text,
             str(len(request.buckets)),
             str(len(request.shadow)),
             str(len(request.slots)),
-            repr(budget),
+            budget,
         ]
         for spec in specs:
             fields += (self._shape(spec.capacity, spec.refill_per_s), repr(spec.cost))
@@ -287,12 +290,13 @@ class RedisAdmissionStore:
     async def _send_admissions(self, calls: list[Call]) -> list[Any]:
         return await self._call("admit", calls)
 
-    async def _admit_shared(self, call: Call) -> Any:
-        """On the shared connection, in one hop when the script is loaded and the
-        connection open (nearly always); else, or after NOSCRIPT, through `_call`."""
-        assert self._mux is not None
+    async def _admit_shared(self, org: str, call: Call) -> Any:
+        """On the shared connection, in one hop (alone or with the org's other admissions
+        of this turn: redis_admits.py) when the script is loaded and the connection open
+        (nearly always); else, or after NOSCRIPT, through `_call`."""
+        assert self._shared is not None
         deadline = asyncio.get_running_loop().time() + self._timeout_s
-        if self._loaded and (future := self._mux.send_now(_evalsha(call), deadline)):
+        if self._loaded and (future := self._shared.send(org, call, deadline)):
             try:
                 reply = await future
             except (RedisError, OSError) as exc:
@@ -335,7 +339,7 @@ class RedisAdmissionStore:
             await self._mux.aclose()
 
     async def _send(self, calls: list[Call], deadline: float) -> list[Any]:
-        commands = [_evalsha(call) for call in calls]
+        commands = [evalsha(call) for call in calls]
         if self._mux is not None:
             return await self._mux.execute(commands, deadline)
         async with self._client.pipeline(transaction=False) as pipe:
@@ -358,11 +362,6 @@ class RedisAdmissionStore:
                 return await call
         except (RedisError, OSError) as exc:  # OSError includes asyncio's TimeoutError
             raise LimiterBackendError(f"redis {op} failed: {describe(exc)}") from exc
-
-
-def _evalsha(call: Call) -> tuple[Any, ...]:
-    keys, args = call
-    return ("EVALSHA", BUCKET_SHA, len(keys), *keys, *args)
 
 
 def _moving(reply: BaseException) -> bool:

@@ -1,0 +1,92 @@
+"""Admissions on the shared Redis connection, an org's in one script call when they queue.
+
+On an idle connection an admission is written at once, alone: nothing waits for company.
+While the connection has replies outstanding, the admissions made in one turn of the loop
+for the same org go as one `admits` call instead: the script reads and writes each of the
+org's buckets once for all of them rather than once each, which is most of its cost. The
+script admits them in turn, each seeing the charges of those before it, so the decisions
+are those of separate calls made in that order. Each org has its own call: an error reply
+about one org's keys reaches only that org's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from appliance.limits.redis_batch import Call
+from appliance.limits.redis_mux import Command, Multiplexed
+from appliance.limits.redis_script import BUCKET_SHA
+
+_Queued = tuple[Call, float, "asyncio.Future[Any]"]
+
+
+class SharedAdmissions:
+    def __init__(self, mux: Multiplexed) -> None:
+        self._mux = mux
+        self._queued: dict[str, list[_Queued]] = {}
+
+    def send(self, org: str, call: Call, deadline: float) -> asyncio.Future[Any] | None:
+        """The future of `call`'s reply (an error reply as its exception object); None when
+        the connection is not open (the caller opens it with `Multiplexed.execute`)."""
+        if not self._queued and self._mux.idle():
+            return self._mux.send_now(evalsha(call), deadline)
+        if self._mux.idle() is None:
+            return None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queued.setdefault(org, []).append((call, deadline, future))
+        return future
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, {}
+        for group in queued.values():
+            command = evalsha(group[0][0]) if len(group) == 1 else _admits(group)
+            reply = self._mux.send_now(command, min(deadline for _, deadline, _ in group))
+            if reply is None:  # the connection dropped since: each caller goes to `execute`
+                _deliver(group, None)
+            else:
+                reply.add_done_callback(partial(_deliver, group))
+
+
+def evalsha(call: Call) -> Command:
+    keys, args = call
+    return ("EVALSHA", BUCKET_SHA, len(keys), *keys, *args)
+
+
+def _admits(group: list[_Queued]) -> Command:
+    keys: list[str] = []
+    fields: list[str] = []
+    for (call_keys, args), _, _ in group:
+        keys += call_keys
+        fields.append(args[1])  # args = ("admit", fields)
+    return ("EVALSHA", BUCKET_SHA, len(keys), *keys, "admits", *fields)
+
+
+def _deliver(group: list[_Queued], reply: asyncio.Future[Any] | None) -> None:
+    """Hand each queued caller its share of the call's reply, or the call's failure."""
+    failure: BaseException | None = None
+    result: Any = None
+    if reply is None:
+        failure = RedisConnectionError("connection to Redis lost")
+    elif not reply.cancelled():
+        failure = reply.exception()
+        result = None if failure is not None else reply.result()
+    # An error reply is for the whole call: every caller gets it (NOSCRIPT too).
+    whole = len(group) == 1 or isinstance(result, Exception)
+    for n, (_, _, future) in enumerate(group):
+        if future.done():  # its caller was cancelled: nobody reads it
+            continue
+        if reply is not None and reply.cancelled():
+            future.cancel()
+        elif failure is not None:
+            future.set_exception(failure)
+        else:
+            future.set_result(result if whole else result[n])
+
+
+__all__ = ["SharedAdmissions", "evalsha"]
