@@ -102,34 +102,44 @@ def metric(router: Service, name: str) -> float | None:
 
 
 def verify(
-    router: Service, valkey: Service, ok_requests: int
+    router: Service, valkey: Service, ok_requests: int, concurrency: int
 ) -> tuple[dict[str, object], list[str], list[str]]:
     """After the run: did the limits really go through Redis? Returns facts, failures, warnings.
 
-    Each admitted request is exactly one EVALSHA on the way in (the limits script decides every
-    bucket, slot and budget at once) and, as the estimate is never exact here, its settlement
-    goes out in a batch with others: one EVALSHA per org per batch, so between one and two per
-    request in all. So valkey must have served at least as many EVALSHAs as wrk counted good
-    responses, or the row measured something else (a failure). A Redis call that fails on the
-    request path is a 503 (closed mode) and already fails its case; a settlement that fails
-    (e.g. times out) happens in the background, leaves the answer intact and is only counted
-    in `router_limiter_backend_errors_total`: a warning, with the router's log lines about it.
+    Every request is decided by the limits script (every bucket, slot and budget at once):
+    alone in its EVALSHA on an idle connection, or with the other admissions of its org that
+    queued in the same turn of the router's loop, which are at most the requests in flight
+    (`concurrency`); settlements go out in batches too. So valkey must have served at least
+    one EVALSHA per `concurrency` good responses, and the router must have decided at least
+    one admission per good response (`router_limiter_decision_seconds_count`; in closed mode
+    none is decided in-process), or the row measured something else (a failure). A Redis
+    call that fails on the request path is a 503 (closed mode) and already fails its case; a
+    settlement that fails (e.g. times out) happens in the background, leaves the answer
+    intact and is only counted in `router_limiter_backend_errors_total`: a warning, with the
+    router's log lines about it.
     """
     time.sleep(0.2)  # let the last background settlements land
     calls = evalsha_calls(valkey)
+    decided = metric(router, "router_limiter_decision_seconds_count")
     errors = metric(router, "router_limiter_backend_errors_total")
     degraded = metric(router, "router_limiter_degraded")
     found: dict[str, object] = {
         "redis_evalsha_calls": calls,
+        "admissions_decided": decided,
         "good_requests_measured": ok_requests,
         "limiter_backend_errors": errors,
         "limiter_degraded": degraded,
     }
     failures, warnings = [], []
-    if calls is None or calls < ok_requests:
+    if calls is None or calls * max(1, concurrency) < ok_requests:
         failures.append(
             f"{router.name}: valkey served {calls} EVALSHA calls for {ok_requests:,} good "
-            "requests measured: its limits did not all go through Redis."
+            f"requests measured at up to {concurrency} in flight: its limits did not all go "
+            "through Redis."
+        )
+    if decided is None or decided < ok_requests:
+        failures.append(
+            f"{router.name}: {decided} admissions decided for {ok_requests:,} good requests."
         )
     if degraded != 0:
         failures.append(f"{router.name}: router_limiter_degraded={degraded} after the run.")

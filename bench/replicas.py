@@ -128,8 +128,12 @@ def measure(fleet: Fleet, case: Case, duration_s: int, warmup_s: int) -> Cost:
         return cost
     cost.figures = counters.per_request(before, after, result.ok_requests)
     evalsha = cost.figures["redis_calls"]
-    if isinstance(evalsha, dict) and evalsha.get("evalsha", 0) < 1:
-        result.problem = f"under one EVALSHA a request ({evalsha}): limits not all in Redis"
+    # An EVALSHA admits at most the requests in flight (one org's, queued in one loop turn).
+    if isinstance(evalsha, dict) and evalsha.get("evalsha", 0) * case.concurrency < 1:
+        result.problem = (
+            f"under one EVALSHA per {case.concurrency} requests ({evalsha}): limits not all in"
+            " Redis"
+        )
     return cost
 
 

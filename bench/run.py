@@ -149,7 +149,8 @@ def check_routers(
         failures: list[str] = []
         warnings: list[str] = []
         if "valkey" in mine:
-            facts, failures, warnings = limits.verify(router, mine["valkey"], good)
+            most = max((r.concurrency for r in ran), default=1)
+            facts, failures, warnings = limits.verify(router, mine["valkey"], good, most)
             outcome.redis_limits[target] = facts
         if "tansu" in mine and router.process.poll() is None:
             facts, more, more_warnings = kafka.verify(router, good)
