@@ -44,7 +44,12 @@ class SharedAdmissions:
 
     def _flush(self) -> None:
         queued, self._queued = self._queued, {}
-        for group in queued.values():
+        for everyone in queued.values():
+            # A caller cancelled meanwhile (its request is gone) is not admitted: nothing of
+            # it is charged, and nothing would ever settle it.
+            group = [item for item in everyone if not item[2].done()]
+            if not group:
+                continue
             command = evalsha(group[0][0]) if len(group) == 1 else _admits(group)
             reply = self._mux.send_now(command, min(deadline for _, deadline, _ in group))
             if reply is None:  # the connection dropped since: each caller goes to `execute`

@@ -141,3 +141,22 @@ async def test_an_idle_connection_sends_an_admission_at_once(
     assert b"admit" in written[0]
     assert b"admits" not in written[0]
     assert not (await pending).refused
+
+
+async def test_a_caller_cancelled_while_queued_is_never_charged(
+    store: RedisAdmissionStore,
+) -> None:
+    """An admission cancelled before its turn's call leaves is not in it: its tokens stay."""
+    org = f"c-{uuid.uuid4().hex[:8]}"
+    await store.admit(AdmitRequest(org, "warm", (rpm(10, cost=0),)))
+    first = asyncio.ensure_future(store.admit(AdmitRequest(org, "first", (rpm(10),))))
+    await asyncio.sleep(0)  # sent alone: the connection is busy from now on
+    queued = [
+        asyncio.ensure_future(store.admit(AdmitRequest(org, f"q{n}", (rpm(10),)))) for n in range(3)
+    ]
+    await asyncio.sleep(0)  # each is queued for this turn's call
+    queued[1].cancel()
+    verdicts = await asyncio.gather(first, queued[0], queued[2])
+    assert [v.refused for v in verdicts] == ["", "", ""]
+    probe = await store.admit(AdmitRequest(org, "probe", (rpm(10, cost=0),)))
+    assert probe.buckets.readings[0].remaining == pytest.approx(7, abs=1e-3)  # not 6
