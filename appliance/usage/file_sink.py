@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from appliance.usage.disk_sync import sync_path
 from appliance.usage.ports import OutboxItem, SinkError
 
 
@@ -71,7 +72,7 @@ class FileSink:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")
             self._size = self._file.tell()
-            _fsync_dir(self.path.parent)  # the file's own entry must survive a crash too
+            sync_path(self.path.parent)  # the file's own entry must survive a crash too
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot open usage file: {exc.strerror}") from None
 
@@ -115,14 +116,6 @@ class FileSink:
             # Only after a failed write, which was already reported.
             with contextlib.suppress(OSError):
                 file.close()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StdoutSink:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from typing import Literal
 
 from appliance.sqlite_support import SqliteStore, SqliteWorker, StoreError
 from appliance.usage.buffer_report import TOPIC_ROWS_SQL, TopicRow
+from appliance.usage.disk_sync import sync_path
 from appliance.usage.ports import OutboxFull, OutboxItem, OutboxStats, Topic
 
 OnFull = Literal["reject", "drop_oldest"]
@@ -391,11 +391,7 @@ def _delete(conn: sqlite3.Connection, *, seqs: list[int], checkpoint: bool) -> t
 
 
 def _sync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    sync_path(path, data_only=True)
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
