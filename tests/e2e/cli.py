@@ -79,7 +79,43 @@ def router_process(
     command: Sequence[str] | None = None,
 ) -> Iterator[RouterProcess]:
     """Start `routerctl serve ARGS --listen <free port> --admin-listen <free port>` (unless
-    ARGS has its own), wait for healthz, reap on exit."""
+    ARGS has its own), wait for healthz, reap on exit.
+
+    A port found free can be taken before the router binds it (by another test's process,
+    or as the source port of any outgoing connection): when the router says so and both
+    ports were picked here, it is started again on new ones, at most `_PORT_TRIES` times."""
+    for attempt in range(1, _PORT_TRIES + 1):
+        router = _start(args, tmp, env, command)
+        try:
+            _wait_healthy(router)
+        except _PortTaken:
+            kill_group(router.process)
+            if attempt < _PORT_TRIES and "--admin-listen" not in args:
+                continue
+            raise
+        except BaseException:
+            kill_group(router.process)
+            raise
+        try:
+            yield router
+        finally:
+            kill_group(router.process)
+        return
+
+
+_PORT_TRIES = 3
+
+
+class _PortTaken(RuntimeError):
+    """The router could not bind a port that was free a moment before."""
+
+
+def _start(
+    args: Sequence[str],
+    tmp: Path,
+    env: dict[str, str] | None,
+    command: Sequence[str] | None,
+) -> RouterProcess:
     port, admin_port = free_port(), free_port()
     log = tmp / f"router-{port}.log"
     listeners = ["--listen", f"127.0.0.1:{port}"]
@@ -97,19 +133,16 @@ def router_process(
             env={**os.environ, **(env or {})},
             start_new_session=True,  # a group of its own: see kill_group
         )
-    router = RouterProcess(process, port, log, admin_port)
-    try:
-        _wait_healthy(router)
-        yield router
-    finally:
-        kill_group(process)
+    return RouterProcess(process, port, log, admin_port)
 
 
 def _wait_healthy(router: RouterProcess, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if router.process.poll() is not None:
-            raise RuntimeError(f"router exited early:\n{router.output()}")
+            output = router.output()
+            failure = _PortTaken if "address already in use" in output else RuntimeError
+            raise failure(f"router exited early:\n{output}")
         try:
             with _HTTP.open(f"{router.url}/v1/status/healthz", timeout=1) as response:
                 if response.status == 200:
