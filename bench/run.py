@@ -150,6 +150,8 @@ def check_routers(
         warnings: list[str] = []
         if "valkey" in mine:
             most = max((r.concurrency for r in ran), default=1)
+            if outcome.soak is not None and outcome.soak.target == target:
+                most = max(most, soak.CONCURRENCY)  # its requests are in `good` too
             facts, failures, warnings = limits.verify(router, mine["valkey"], good, most)
             outcome.redis_limits[target] = facts
         if "tansu" in mine and router.process.poll() is None:
