@@ -52,7 +52,7 @@ class SharedAdmissions:
                 continue
             command = evalsha(group[0][0]) if len(group) == 1 else _admits(group)
             reply = self._mux.send_now(command, min(deadline for _, deadline, _ in group))
-            if reply is None:  # the connection dropped since: each caller goes to `execute`
+            if reply is None:  # the connection dropped since: its callers fail as on it
                 _deliver(group, None)
             else:
                 reply.add_done_callback(partial(_deliver, group))
