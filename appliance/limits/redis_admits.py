@@ -32,13 +32,15 @@ class SharedAdmissions:
     def send(self, org: str, call: Call, deadline: float) -> asyncio.Future[Any] | None:
         """The future of `call`'s reply (an error reply as its exception object); None when
         the connection is not open (the caller opens it with `Multiplexed.execute`)."""
-        if not self._queued and self._mux.idle():
-            return self._mux.send_now(evalsha(call), deadline)
-        if self._mux.idle() is None:
+        idle = self._mux.idle()
+        if idle is None:
             return None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if idle and not self._queued:
+            return self._mux.send_now(evalsha(call), deadline)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if not self._queued:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._queued.setdefault(org, []).append((call, deadline, future))
         return future
 
@@ -69,29 +71,30 @@ def _admits(group: list[_Queued]) -> Command:
     for (call_keys, args), _, _ in group:
         keys += call_keys
         fields.append(args[1])  # args = ("admit", fields)
-    return ("EVALSHA", BUCKET_SHA, len(keys), *keys, "admits", *fields)
+    return evalsha((keys, ["admits", *fields]))
 
 
 def _deliver(group: list[_Queued], reply: asyncio.Future[Any] | None) -> None:
     """Hand each queued caller its share of the call's reply, or the call's failure."""
-    failure: BaseException | None = None
-    result: Any = None
+    waiting = [(n, future) for n, (_, _, future) in enumerate(group) if not future.done()]
     if reply is None:
-        failure = RedisConnectionError("connection to Redis lost")
-    elif not reply.cancelled():
+        failure: BaseException | None = RedisConnectionError("connection to Redis lost")
+    elif reply.cancelled():
+        for _, future in waiting:
+            future.cancel()
+        return
+    else:
         failure = reply.exception()
-        result = None if failure is not None else reply.result()
+    if failure is not None:
+        for _, future in waiting:
+            future.set_exception(failure)
+        return
+    assert reply is not None  # narrowed above: only a reply can have no failure
+    result = reply.result()
     # An error reply is for the whole call: every caller gets it (NOSCRIPT too).
     whole = len(group) == 1 or isinstance(result, Exception)
-    for n, (_, _, future) in enumerate(group):
-        if future.done():  # its caller was cancelled: nobody reads it
-            continue
-        if reply is not None and reply.cancelled():
-            future.cancel()
-        elif failure is not None:
-            future.set_exception(failure)
-        else:
-            future.set_result(result if whole else result[n])
+    for n, future in waiting:  # a caller cancelled meanwhile is not among them
+        future.set_result(result if whole else result[n])
 
 
 __all__ = ["SharedAdmissions", "evalsha"]

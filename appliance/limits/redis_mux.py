@@ -52,7 +52,7 @@ class _Link(asyncio.Protocol):
         """Write `count` packed commands: now on an idle connection, else with the rest of
         this turn's (one write for them all). Their replies' futures."""
         futures = [self._loop.create_future() for _ in range(count)]
-        if self.waiting or self._out:
+        if self.busy:
             if not self._out:
                 self._loop.call_soon(self._write)
             self._out.append(packed)
@@ -64,8 +64,9 @@ class _Link(asyncio.Protocol):
         return futures
 
     @property
-    def has_output(self) -> bool:
-        return bool(self._out)
+    def busy(self) -> bool:
+        """Replies are owed or writes are pending: what is sent now waits for this turn's write."""
+        return bool(self.waiting or self._out)
 
     def _write(self) -> None:
         out, self._out = self._out, []
@@ -169,7 +170,7 @@ class Multiplexed:
         """Whether a command sent now is written at once (nothing outstanding on the
         connection); None when the connection is not open."""
         link = self._link
-        return None if link is None else not (link.waiting or link.has_output)
+        return None if link is None else not link.busy
 
     def send_now(self, command: Command, deadline: float) -> asyncio.Future[Any] | None:
         """`command`'s reply, or None when the connection is not open (then `execute`)."""

@@ -4,8 +4,7 @@ An admission is one EVALSHA of the limits script (redis_script.py): the org's sp
 its budget, every token bucket and every concurrency slot, atomically, all or nothing. On
 the shared connection, admissions of one org that queue in the same turn of the loop share
 one EVALSHA (redis_admits.py). A batch of settlements is one pipeline holding one EVALSHA
-per org. Keys, all tagged with the
-org so that one call's keys share a Redis Cluster slot:
+per org. Keys, all tagged with the org so that one call's keys share a Redis Cluster slot:
 
     rl:{org}:org:acme:rpm             token bucket (hash: tokens, ts)
     cc:{org}:key:k1:max_concurrent    concurrency slots (sorted set: request id -> lease end)

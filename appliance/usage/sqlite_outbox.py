@@ -304,7 +304,7 @@ class SqliteOutbox(SqliteStore):
         """
         try:
             with contextlib.suppress(OSError):  # no log yet, or gone: the checkpoint will say
-                await asyncio.to_thread(_sync_file, self._log)
+                await asyncio.to_thread(sync_path, self._log, data_only=True)
             # A full disk or a busy reader: SQLite's own checkpoint still bounds the WAL.
             with contextlib.suppress(StoreError):
                 await self._worker.run("checkpoint", _checkpoint)
@@ -388,10 +388,6 @@ def _delete(conn: sqlite3.Connection, *, seqs: list[int], checkpoint: bool) -> t
     if checkpoint and records == 0:
         _checkpoint(conn)
     return records, size
-
-
-def _sync_file(path: Path) -> None:
-    sync_path(path, data_only=True)
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:

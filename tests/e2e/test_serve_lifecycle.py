@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.e2e import cli
 from tests.e2e.cli import router_process, run_cli
+from tests.services import free_port
 
 
 def write_config(
@@ -212,3 +217,21 @@ async def test_sigterm_turns_readiness_503_before_the_listener_closes(
             assert during.status == 503
             assert (body["status"], body["shutting_down"]) == ("degraded", True)
         assert await asyncio.to_thread(router.process.wait, 10) == 0
+
+
+def test_a_port_taken_before_the_router_binds_it_is_picked_again(
+    mock_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The harness itself: a port found free but taken before the router binds it (another
+    process, an outgoing connection's source port) is retried on a new one."""
+    path = write_config(tmp_path, mock_url, "", graceful_s=5.0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks: Iterator[int] = iter([taken.getsockname()[1], free_port()])
+        monkeypatch.setattr(cli, "free_port", lambda: next(picks, None) or free_port())
+        with router_process(["--config", str(path)], tmp_path) as router:
+            assert router.port != taken.getsockname()[1]
+            url = f"{router.url}/v1/status/healthz"
+            with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310
+                assert answer.status == 200

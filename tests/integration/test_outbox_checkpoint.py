@@ -23,20 +23,20 @@ async def test_commits_go_on_while_the_log_is_synced(
     events: list[str] = []
     release, started = threading.Event(), threading.Event()
     synced: list[Path] = []
-    real_sync, real_checkpoint = sqlite_outbox._sync_file, sqlite_outbox._checkpoint
+    real_sync, real_checkpoint = sqlite_outbox.sync_path, sqlite_outbox._checkpoint
 
-    def held_sync(path: Path) -> None:
+    def held_sync(path: Path, *, data_only: bool = False) -> None:
         events.append("sync")
         synced.append(path)
         started.set()
         assert release.wait(WAIT_S)
-        real_sync(path)
+        real_sync(path, data_only=data_only)
 
     def checkpoint(conn: object) -> None:
         events.append("checkpoint")
         real_checkpoint(conn)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlite_outbox, "_sync_file", held_sync)
+    monkeypatch.setattr(sqlite_outbox, "sync_path", held_sync)
     monkeypatch.setattr(sqlite_outbox, "_checkpoint", checkpoint)
     path = tmp_path / "outbox.sqlite"
     outbox = SqliteOutbox(path, BIG, "reject", batch_window_s=0.0)
@@ -72,7 +72,7 @@ async def test_a_log_that_cannot_be_synced_still_gets_its_checkpoint(
     second = threading.Event()
     real_checkpoint = sqlite_outbox._checkpoint
 
-    def failing_sync(path: Path) -> None:
+    def failing_sync(path: Path, *, data_only: bool = False) -> None:
         raise OSError(5, "Input/output error")
 
     def checkpoint(conn: object) -> None:
@@ -81,7 +81,7 @@ async def test_a_log_that_cannot_be_synced_still_gets_its_checkpoint(
         if len(checkpoints) == 2:
             second.set()
 
-    monkeypatch.setattr(sqlite_outbox, "_sync_file", failing_sync)
+    monkeypatch.setattr(sqlite_outbox, "sync_path", failing_sync)
     monkeypatch.setattr(sqlite_outbox, "_checkpoint", checkpoint)
     async with SqliteOutbox(tmp_path / "outbox.sqlite", BIG, "reject", batch_window_s=0.0) as ob:
         for n in range(2 * CHECKPOINT_COMMITS + 1):
